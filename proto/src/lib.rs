@@ -1,0 +1,18 @@
+//! The languages the TopGun suite speaks.
+//!
+//! * [`wire`] — the client wire protocol: MsgPack messages exchanged with TopGun clients.
+//! * [`hlc`], [`hash`], [`partition`] — the clock, hash and partition function every
+//!   component must agree on.
+//! * [`merkle_hash`] — the client's exact Merkle entry hashes (LWW and OR-Map).
+//! * [`predicate`] — the query evaluator shared by sync shards and gateways.
+//! * [`grpc`] / [`convert`] — the internal gRPC APIs and their conversions.
+
+pub mod convert;
+pub mod grpc;
+pub mod hash;
+pub mod hlc;
+pub mod internal_auth;
+pub mod numbers;
+pub mod partition;
+pub mod predicate;
+pub mod wire;
