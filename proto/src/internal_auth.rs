@@ -74,6 +74,15 @@ impl TokenAttach {
     }
 }
 
+impl tonic::service::Interceptor for TokenAttach {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.value {
+            req.metadata_mut().insert(TOKEN_METADATA_KEY, v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Compares without an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
