@@ -1,0 +1,108 @@
+//! Load shedding and deadlines: a bounded number of RPCs in flight (the rest are
+//! refused at once, never queued), and every RPC bounded by the caller's
+//! `grpc-timeout`, capped by the configured operation timeout.
+
+use crate::error::SyncError;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::metadata::MetadataMap;
+
+/// Admission control of one server.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    permits: Arc<Semaphore>,
+    max_timeout: Duration,
+}
+
+impl Admission {
+    /// Allows `max_in_flight` concurrent RPCs, each for at most `max_timeout`.
+    pub fn new(max_in_flight: usize, max_timeout: Duration) -> Self {
+        Admission { permits: Arc::new(Semaphore::new(max_in_flight)), max_timeout }
+    }
+
+    /// A slot for one RPC, or RESOURCE_EXHAUSTED when all are taken.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, SyncError> {
+        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| SyncError::Overloaded)
+    }
+
+    /// The time budget of a request: its `grpc-timeout`, capped by the maximum.
+    pub fn budget(&self, metadata: &MetadataMap) -> Duration {
+        metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(self.max_timeout, |t| t.min(self.max_timeout))
+    }
+}
+
+/// Runs `work` within `budget`, failing with DEADLINE_EXCEEDED when it runs out.
+pub async fn within<T>(
+    budget: Duration,
+    work: impl Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    match tokio::time::timeout(budget, work).await {
+        Ok(result) => result,
+        Err(_) => Err(SyncError::DeadlineExceeded(budget.as_millis())),
+    }
+}
+
+/// Parses the gRPC `grpc-timeout` header: up to 8 digits and a unit (H M S m u n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_rejects_junk() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("1M"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn sheds_load_beyond_the_limit_and_caps_deadlines() {
+        let admission = Admission::new(1, Duration::from_millis(100));
+        let held = admission.admit().expect("first slot");
+        let refused = admission.admit().expect_err("no slot left");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(held);
+        assert!(admission.admit().is_ok());
+
+        let mut metadata = MetadataMap::new();
+        assert_eq!(admission.budget(&metadata), Duration::from_millis(100));
+        metadata.insert("grpc-timeout", "10m".parse().expect("ascii"));
+        assert_eq!(admission.budget(&metadata), Duration::from_millis(10));
+        metadata.insert("grpc-timeout", "10S".parse().expect("ascii"));
+        assert_eq!(admission.budget(&metadata), Duration::from_millis(100));
+
+        let slow = within(Duration::from_millis(5), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<(), SyncError>(())
+        });
+        assert_eq!(slow.await.expect_err("too slow").code(), tonic::Code::DeadlineExceeded);
+    }
+}

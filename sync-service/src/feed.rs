@@ -1,0 +1,343 @@
+//! The change feed: every state change of the shard, numbered with contiguous
+//! sequence numbers within an epoch (one random id per process start), kept in a
+//! bounded ring so a subscriber can resume after a reconnect without missing or
+//! repeating an event.
+//!
+//! Writers only append to the ring and bump a watch value; they never wait for a
+//! subscriber. Each subscriber stream pulls from the ring at its own pace (HTTP/2 flow
+//! control is its bounded buffer); one that falls out of the ring gets OUT_OF_RANGE
+//! and must rescan, which is the price of never blocking writers.
+
+use crate::error::SyncError;
+use crate::requests::Origin;
+use crate::shutdown::stopped;
+use crate::state::{Change, ChangeKind};
+use futures::Stream;
+use parking_lot::Mutex;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use tokio::sync::watch;
+use topgun_proto::grpc::sync as pb;
+use tonic::Status;
+
+/// Most events examined per read, so a catching-up subscriber holds the ring lock
+/// only briefly and sends moderately sized batches.
+const MAX_EVENTS_PER_BATCH: usize = 512;
+
+/// The shard's change feed.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    epoch: String,
+    capacity: usize,
+    ring: Mutex<Ring>,
+    last_seq: watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    events: VecDeque<Arc<pb::ChangeEvent>>,
+    /// Sequence number the next event gets; sequences start at 1 (0 = "from now on").
+    next_seq: u64,
+}
+
+impl Ring {
+    fn first_seq(&self) -> u64 {
+        self.next_seq - self.events.len() as u64
+    }
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeFrom {
+    /// Only these maps (empty = all).
+    pub map_names: Vec<String>,
+    /// First sequence wanted; 0 = from now on.
+    pub from_seq: u64,
+    /// Epoch `from_seq` belongs to.
+    pub epoch: String,
+}
+
+impl ChangeFeed {
+    /// A feed keeping the last `capacity` events, with a fresh random epoch.
+    pub fn new(capacity: usize) -> Self {
+        let (last_seq, _) = watch::channel(0);
+        ChangeFeed {
+            epoch: uuid::Uuid::new_v4().to_string(),
+            capacity: capacity.max(1),
+            ring: Mutex::new(Ring { events: VecDeque::new(), next_seq: 1 }),
+            last_seq,
+        }
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Sequence number of the newest event (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.ring.lock().next_seq - 1
+    }
+
+    /// Appends the changes as events. Callers hold the shard's state lock, so sequence
+    /// order is merge order for every key.
+    pub fn publish(&self, changes: Vec<Change>, origin: &Origin) {
+        if changes.is_empty() {
+            return;
+        }
+        let origin = origin.to_proto();
+        let events: Vec<pb::ChangeEvent> = changes.into_iter().map(|c| to_event(c, &origin)).collect();
+        let last = {
+            let mut ring = self.ring.lock();
+            for mut event in events {
+                event.seq = ring.next_seq;
+                ring.next_seq += 1;
+                ring.events.push_back(Arc::new(event));
+                if ring.events.len() > self.capacity {
+                    ring.events.pop_front();
+                }
+            }
+            ring.next_seq - 1
+        };
+        self.last_seq.send_replace(last);
+    }
+
+    /// Opens a subscription, checking the resume position first: an epoch mismatch, a
+    /// position older than the ring or one ahead of the feed fails with OUT_OF_RANGE.
+    /// The stream starts with an empty batch carrying the epoch, ends with UNAVAILABLE
+    /// when `shutdown` turns true, and with OUT_OF_RANGE if the subscriber falls behind.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        from: SubscribeFrom,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<impl Stream<Item = Result<pb::ChangeBatch, Status>> + Send + 'static, SyncError> {
+        let cursor = {
+            let ring = self.ring.lock();
+            if from.from_seq == 0 {
+                ring.next_seq
+            } else if from.epoch != self.epoch {
+                return Err(SyncError::OutOfRange(format!(
+                    "change feed epoch {:?} is not the current epoch {:?}; rescan and resubscribe",
+                    from.epoch, self.epoch
+                )));
+            } else if from.from_seq < ring.first_seq() {
+                return Err(behind(from.from_seq, ring.first_seq()));
+            } else if from.from_seq > ring.next_seq {
+                return Err(SyncError::OutOfRange(format!(
+                    "change feed position {} is ahead of the feed (next is {})",
+                    from.from_seq, ring.next_seq
+                )));
+            } else {
+                from.from_seq
+            }
+        };
+        let filter: HashSet<String> = from.map_names.into_iter().collect();
+        let state = Subscription {
+            feed: Arc::clone(self),
+            cursor,
+            filter,
+            wake: self.last_seq.subscribe(),
+            shutdown,
+            greeted: false,
+            done: false,
+        };
+        Ok(futures::stream::unfold(state, Subscription::next))
+    }
+
+    /// Events from `cursor` on (at most [`MAX_EVENTS_PER_BATCH`] examined), the ones
+    /// passing `filter`, and the cursor after them.
+    fn read_from(
+        &self,
+        cursor: u64,
+        filter: &HashSet<String>,
+    ) -> Result<(Vec<pb::ChangeEvent>, u64), SyncError> {
+        let ring = self.ring.lock();
+        let first = ring.first_seq();
+        if cursor < first {
+            return Err(behind(cursor, first));
+        }
+        let start = (cursor - first) as usize;
+        let examined = ring.events.len().saturating_sub(start).min(MAX_EVENTS_PER_BATCH);
+        let events = ring
+            .events
+            .range(start..start + examined)
+            .filter(|e| filter.is_empty() || filter.contains(&e.map_name))
+            .map(|e| (**e).clone())
+            .collect();
+        Ok((events, cursor + examined as u64))
+    }
+}
+
+fn behind(position: u64, oldest: u64) -> SyncError {
+    SyncError::OutOfRange(format!(
+        "change feed position {position} is no longer buffered (oldest is {oldest}); rescan and resubscribe"
+    ))
+}
+
+struct Subscription {
+    feed: Arc<ChangeFeed>,
+    cursor: u64,
+    filter: HashSet<String>,
+    wake: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+    greeted: bool,
+    done: bool,
+}
+
+impl Subscription {
+    async fn next(mut self) -> Option<(Result<pb::ChangeBatch, Status>, Self)> {
+        if self.done {
+            return None;
+        }
+        if !self.greeted {
+            // The first batch tells a subscriber starting "from now on" its epoch.
+            self.greeted = true;
+            let batch = pb::ChangeBatch { epoch: self.feed.epoch.clone(), events: Vec::new() };
+            return Some((Ok(batch), self));
+        }
+        loop {
+            // Mark the current value seen before reading, so a publish racing with the
+            // read still wakes the wait below.
+            self.wake.borrow_and_update();
+            match self.feed.read_from(self.cursor, &self.filter) {
+                Err(err) => {
+                    self.done = true;
+                    tracing::warn!(cursor = self.cursor, "change feed subscriber fell behind the ring");
+                    return Some((Err(err.into()), self));
+                }
+                Ok((events, cursor)) => {
+                    let advanced = cursor != self.cursor;
+                    self.cursor = cursor;
+                    if !events.is_empty() {
+                        let batch = pb::ChangeBatch { epoch: self.feed.epoch.clone(), events };
+                        return Some((Ok(batch), self));
+                    }
+                    if advanced {
+                        // Everything examined was filtered out; there may be more.
+                        continue;
+                    }
+                }
+            }
+            let woke = tokio::select! {
+                changed = self.wake.changed() => changed.is_ok(),
+                () = stopped(&mut self.shutdown) => false,
+            };
+            if !woke {
+                // Shutdown, or the feed itself is gone.
+                self.done = true;
+                return Some((Err(SyncError::ShuttingDown.into()), self));
+            }
+        }
+    }
+}
+
+fn to_event(change: Change, origin: &topgun_proto::grpc::common::Origin) -> pb::ChangeEvent {
+    let mut event = pb::ChangeEvent {
+        seq: 0,
+        partition: change.key.partition(),
+        map_name: change.map_name,
+        key: change.key.key,
+        origin: Some(origin.clone()),
+        ..Default::default()
+    };
+    match change.kind {
+        ChangeKind::Lww { record, previous } => {
+            event.event_type = if record.is_tombstone() {
+                pb::EventType::Remove as i32
+            } else {
+                pb::EventType::Put as i32
+            };
+            event.record = Some((&record).into());
+            event.previous = previous.as_ref().map(Into::into);
+        }
+        ChangeKind::OrAdd(record) => {
+            event.event_type = pb::EventType::OrAdd as i32;
+            event.or_tag = record.tag.clone();
+            event.or_record = Some((&record).into());
+        }
+        ChangeKind::OrRemove(tag) => {
+            event.event_type = pb::EventType::OrRemove as i32;
+            event.or_tag = tag;
+        }
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::requests::HashedKey;
+    use futures::StreamExt;
+    use rmpv::Value;
+    use topgun_proto::hlc::Timestamp;
+    use topgun_proto::wire::LwwRecord;
+
+    fn change(map: &str, key: &str) -> Change {
+        Change {
+            map_name: map.into(),
+            key: HashedKey::new(key),
+            kind: ChangeKind::Lww {
+                record: LwwRecord { value: Value::from(1), timestamp: Timestamp::new(1, 0, "n"), ttl_ms: None },
+                previous: None,
+            },
+        }
+    }
+
+    fn from(feed: &ChangeFeed, seq: u64) -> SubscribeFrom {
+        SubscribeFrom { map_names: vec![], from_seq: seq, epoch: feed.epoch().to_string() }
+    }
+
+    #[tokio::test]
+    async fn resumes_from_a_sequence_and_filters_maps() {
+        let feed = Arc::new(ChangeFeed::new(100));
+        let (_stop, shutdown) = watch::channel(false);
+        feed.publish(vec![change("a", "1"), change("b", "2"), change("a", "3")], &Origin::default());
+        assert_eq!(feed.last_seq(), 3);
+        let stream = feed.subscribe(from(&feed, 2), shutdown.clone()).expect("in range");
+        let mut stream = Box::pin(stream);
+        let hello = stream.next().await.expect("greeting").expect("ok");
+        assert!(hello.events.is_empty());
+        assert_eq!(hello.epoch, feed.epoch());
+        let batch = stream.next().await.expect("batch").expect("ok");
+        assert_eq!(batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+
+        let only_a = SubscribeFrom { map_names: vec!["a".into()], ..from(&feed, 1) };
+        let mut stream = Box::pin(feed.subscribe(only_a, shutdown).expect("in range"));
+        stream.next().await;
+        let batch = stream.next().await.expect("batch").expect("ok");
+        assert_eq!(batch.events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["1", "3"]);
+        // Live events arrive after the backlog.
+        feed.publish(vec![change("b", "x"), change("a", "4")], &Origin::default());
+        let batch = stream.next().await.expect("batch").expect("ok");
+        assert_eq!(batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[tokio::test]
+    async fn stale_positions_and_foreign_epochs_are_out_of_range() {
+        let feed = Arc::new(ChangeFeed::new(2));
+        let (stop, shutdown) = watch::channel(false);
+        feed.publish((0..5).map(|i| change("a", &i.to_string())).collect(), &Origin::default());
+        let err = feed.subscribe(from(&feed, 3), shutdown.clone()).err().expect("evicted");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        assert!(feed.subscribe(from(&feed, 4), shutdown.clone()).is_ok());
+        let err = feed.subscribe(from(&feed, 7), shutdown.clone()).err().expect("future");
+        assert_eq!(err.code(), tonic::Code::OutOfRange);
+        let foreign = SubscribeFrom { epoch: "other".into(), ..from(&feed, 4) };
+        assert!(feed.subscribe(foreign, shutdown.clone()).is_err());
+
+        // A subscriber that falls out of the ring is told so instead of slowing writers.
+        let mut slow = Box::pin(feed.subscribe(from(&feed, 4), shutdown.clone()).expect("ok"));
+        slow.next().await;
+        feed.publish((0..5).map(|i| change("a", &i.to_string())).collect(), &Origin::default());
+        let status = slow.next().await.expect("item").expect_err("fell behind");
+        assert_eq!(status.code(), tonic::Code::OutOfRange);
+        assert!(slow.next().await.is_none());
+
+        // Shutdown ends idle streams.
+        let mut idle = Box::pin(feed.subscribe(from(&feed, 0), shutdown).expect("ok"));
+        idle.next().await;
+        stop.send_replace(true);
+        let status = idle.next().await.expect("item").expect_err("shutdown");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+}

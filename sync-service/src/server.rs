@@ -1,0 +1,179 @@
+//! Server lifecycle: build the shard, serve gRPC (sync service, health, reflection),
+//! load from storage before reporting SERVING, run GC and the storage retry in the
+//! background, and drain on shutdown.
+
+use crate::admission::Admission;
+use crate::config::{SyncConfig, ValidatedConfig};
+use crate::error::SyncError;
+use crate::persistence::Persistence;
+use crate::service::SyncGrpc;
+use crate::shard::Shard;
+use crate::shutdown::stopped;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use topgun_proto::grpc::sync::sync_service_server::SyncServiceServer;
+use topgun_proto::grpc::FILE_DESCRIPTOR_SET;
+use topgun_proto::internal_auth::TokenCheck;
+
+/// How often rows waiting for storage are retried.
+const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// Gateways send batches of many ops; allow requests larger than tonic's 4 MiB default.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Storage calls get this long, capped by the operation timeout.
+const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Binds `config.grpc_addr` and serves until `shutdown` completes.
+pub async fn serve(
+    config: SyncConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    config.validate()?;
+    let listener = TcpListener::bind(config.grpc_addr).await?;
+    serve_with_listener(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (the single-process binaries bind
+/// `127.0.0.1:0` themselves) until `shutdown` completes; in-flight calls then get up
+/// to the operation timeout to finish, and rows still waiting for storage get one
+/// last write.
+pub async fn serve_with_listener(
+    listener: TcpListener,
+    config: SyncConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    let cfg = config.validate()?;
+    let persistence = match &cfg.storage_addr {
+        Some(addr) => {
+            let timeout = STORAGE_CALL_TIMEOUT.min(cfg.operation_timeout);
+            Some(Arc::new(Persistence::connect(addr, cfg.internal_token.as_deref(), timeout)?))
+        }
+        None => None,
+    };
+    let shard = Arc::new(Shard::new(&cfg, persistence));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| SyncError::Internal(format!("reflection service: {e}")))?;
+
+    let admission = Admission::new(cfg.max_concurrent_operations, cfg.operation_timeout);
+    let sync = SyncServiceServer::new(SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let sync = InterceptedService::new(sync, TokenCheck::new(cfg.internal_token.clone()).interceptor());
+
+    let local_addr = listener.local_addr()?;
+    tracing::info!(
+        %local_addr,
+        node_id = %cfg.node_id,
+        shard = cfg.shard_index,
+        shards = cfg.shard_count,
+        partitions = cfg.partitions.as_slice().len(),
+        storage = cfg.storage_addr.as_deref().unwrap_or("none (memory only)"),
+        "sync shard listening"
+    );
+
+    let background = tokio::spawn(run_background(Arc::clone(&shard), health.clone(), cfg.clone(), stop_rx.clone()));
+
+    let mut server_stop = stop_rx.clone();
+    let server = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sync)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stopped(&mut server_stop).await;
+        });
+    tokio::pin!(server);
+
+    let served = tokio::select! {
+        result = &mut server => result.map_err(SyncError::from),
+        () = shutdown => {
+            tracing::info!("shutdown requested, draining");
+            set_health(&health, ServingStatus::NotServing).await;
+            stop_tx.send_replace(true);
+            match tokio::time::timeout(cfg.operation_timeout, &mut server).await {
+                Ok(result) => result.map_err(SyncError::from),
+                Err(_) => {
+                    tracing::warn!("in-flight calls did not finish in time; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    stop_tx.send_replace(true);
+    if let Err(err) = background.await {
+        tracing::error!(error = %err, "background task failed");
+    }
+    final_flush(&shard).await;
+    tracing::info!("sync shard stopped");
+    served
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status("topgun.sync.v1.SyncService", status).await;
+}
+
+/// Loads the shard, flips health to SERVING, then runs GC and the storage retry until
+/// shutdown.
+async fn run_background(
+    shard: Arc<Shard>,
+    health: HealthReporter,
+    cfg: ValidatedConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    match shard.load_from_storage(stop.clone()).await {
+        Ok(rows) => tracing::info!(rows, "partitions loaded"),
+        Err(err) => {
+            tracing::info!(reason = %err, "start-up load abandoned");
+            return;
+        }
+    }
+    shard.mark_ready();
+    set_health(&health, ServingStatus::Serving).await;
+
+    let start = tokio::time::Instant::now();
+    let mut gc = tokio::time::interval_at(start + cfg.gc_interval, cfg.gc_interval);
+    gc.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval_at(start + RETRY_INTERVAL, RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            _ = gc.tick() => match shard.gc_round().await {
+                Ok(report) if report.expired + report.pruned > 0 => {
+                    tracing::info!(expired = report.expired, pruned = report.pruned, "gc round");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "gc round could not persist; rows kept pending"),
+            },
+            _ = retry.tick() => match shard.flush_pending().await {
+                Ok(0) => {}
+                Ok(rows) => tracing::info!(rows, "pending rows persisted"),
+                Err(err) => tracing::warn!(error = %err, pending = shard.pending_rows(), "storage still unavailable"),
+            },
+        }
+    }
+}
+
+/// One bounded attempt to persist what is still pending before the process exits.
+async fn final_flush(shard: &Shard) {
+    let deadline = tokio::time::Instant::now() + STORAGE_CALL_TIMEOUT;
+    while shard.pending_rows() > 0 && tokio::time::Instant::now() < deadline {
+        if let Err(err) = shard.flush_pending().await {
+            tracing::error!(error = %err, pending = shard.pending_rows(), "rows not persisted at shutdown");
+            return;
+        }
+    }
+}

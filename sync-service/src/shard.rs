@@ -1,0 +1,556 @@
+//! One sync shard: its CRDT state behind a lock, its clock, its partitions, its change
+//! feed, topic relay and storage. Every RPC of the service is a method here, taking
+//! validated domain requests.
+//!
+//! Locking: the state is one read-write lock. Writers (ApplyBatch, GC, load) merge,
+//! publish their events and build their storage rows while holding it, so event order
+//! and row timestamps follow merge order; storage I/O happens after it is released.
+//! Lock order is always state, then clock, then feed.
+
+use crate::config::{PartitionSet, ValidatedConfig};
+use crate::error::SyncError;
+use crate::feed::ChangeFeed;
+use crate::gc;
+use crate::merkle::NodePath;
+use crate::persistence::{self, LoadedRow, Persistence, PIGGYBACK_ROWS, RETRY_CHUNK_ROWS};
+use crate::requests::{
+    ApplyBatch, GetRecords, HashedKey, MapKind, MerkleNodeQuery, Origin, RunQuery, ScanMap, WriteConcern,
+};
+use crate::shutdown::stopped;
+use crate::state::{RowId, ShardState};
+use crate::topics::TopicRelay;
+use parking_lot::{Mutex, RwLock};
+use std::cmp::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use topgun_proto::grpc::common as pb_common;
+use topgun_proto::grpc::sync as pb;
+use topgun_proto::hlc::{wall_clock_ms, Hlc, Timestamp};
+use topgun_proto::predicate::QueryPlan;
+use topgun_proto::wire::{self, LwwRecord};
+
+/// Most records one ScanMap page examines (with a `since` filter most may be skipped),
+/// bounding how long a page holds the read lock.
+const SCAN_MAX_EXAMINED: usize = 100_000;
+
+/// A sync shard.
+#[derive(Debug)]
+pub struct Shard {
+    node_id: String,
+    shard_index: u32,
+    shard_count: u32,
+    partitions: PartitionSet,
+    tombstone_ttl_ms: u64,
+    state: RwLock<ShardState>,
+    hlc: Mutex<Hlc>,
+    feed: Arc<ChangeFeed>,
+    topics: TopicRelay,
+    persistence: Option<Arc<Persistence>>,
+    ready: AtomicBool,
+}
+
+/// What a GC round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcReport {
+    /// Records expired.
+    pub expired: usize,
+    /// Tombstones pruned.
+    pub pruned: usize,
+}
+
+impl Shard {
+    /// A shard with empty state; `persistence` = None keeps everything in memory.
+    pub fn new(config: &ValidatedConfig, persistence: Option<Arc<Persistence>>) -> Self {
+        Shard {
+            node_id: config.node_id.clone(),
+            shard_index: config.shard_index,
+            shard_count: config.shard_count,
+            partitions: config.partitions.clone(),
+            tombstone_ttl_ms: config.tombstone_ttl_ms,
+            state: RwLock::new(ShardState::new()),
+            hlc: Mutex::new(Hlc::new(config.node_id.clone())),
+            feed: Arc::new(ChangeFeed::new(config.change_feed_buffer)),
+            topics: TopicRelay::default(),
+            persistence,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The HLC node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &Arc<ChangeFeed> {
+        &self.feed
+    }
+
+    /// The topic relay.
+    pub fn topics(&self) -> &TopicRelay {
+        &self.topics
+    }
+
+    /// Whether the start-up load finished.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(AtomicOrdering::Acquire)
+    }
+
+    /// Marks the start-up load as finished.
+    pub fn mark_ready(&self) {
+        self.ready.store(true, AtomicOrdering::Release);
+    }
+
+    /// Rows waiting for storage (0 when memory-only).
+    pub fn pending_rows(&self) -> usize {
+        self.persistence.as_ref().map_or(0, |p| p.pending_len())
+    }
+
+    fn check_owned(&self, key: &HashedKey) -> Result<(), SyncError> {
+        let partition = key.partition();
+        if self.partitions.contains(partition) {
+            Ok(())
+        } else {
+            Err(SyncError::NotOwner { partition, key: key.key.clone(), node_id: self.node_id.clone() })
+        }
+    }
+
+    /// Merges a batch, publishes its changes and (with storage) writes every touched
+    /// row in one WriteBatch before answering. A storage failure fails the whole call
+    /// as retryable, with no op reported persisted.
+    pub async fn apply_batch(&self, batch: ApplyBatch) -> Result<Vec<pb::OpResult>, SyncError> {
+        for op in &batch.ops {
+            self.check_owned(&op.key)?;
+        }
+        if batch.ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(p) = &self.persistence {
+            p.admit()?;
+        }
+        let (changed, prepared) = {
+            let mut state = self.state.write();
+            let mut hlc = self.hlc.lock();
+            let mut changes = Vec::new();
+            let changed: Vec<bool> =
+                batch.ops.iter().map(|op| state.apply(&mut hlc, op, &mut changes)).collect();
+            self.feed.publish(changes, &batch.origin);
+            // Every touched row is written, changed or not: a retried op that merges as
+            // unchanged must still be durable before it is reported so.
+            let prepared = self.persistence.as_ref().map(|p| {
+                p.prepare(&state, &mut hlc, batch.ops.iter().map(RowId::of), PIGGYBACK_ROWS)
+            });
+            (changed, prepared)
+        };
+        let achieved = match (&self.persistence, prepared) {
+            (Some(p), Some(prepared)) => {
+                p.write(prepared).await?;
+                WriteConcern::Persisted
+            }
+            _ => WriteConcern::Applied,
+        };
+        let requested = batch.write_concern;
+        let (success, error) = if achieved >= requested {
+            (true, String::new())
+        } else {
+            // The wording clients know from core.md §5.9.
+            (false, format!("Timeout: achieved {}, requested {}", level_name(achieved), level_name(requested)))
+        };
+        let achieved_level = pb_common::WriteConcern::from(achieved) as i32;
+        Ok(batch
+            .ops
+            .into_iter()
+            .zip(changed)
+            .map(|(op, changed)| pb::OpResult {
+                op_id: op.op_id,
+                success,
+                changed,
+                achieved_level,
+                error: error.clone(),
+            })
+            .collect())
+    }
+
+    /// The full state of the requested keys that exist.
+    pub fn get_records(&self, req: &GetRecords) -> Result<Vec<pb_common::KeyState>, SyncError> {
+        for key in &req.keys {
+            self.check_owned(key)?;
+        }
+        let state = self.state.read();
+        let found = req.keys.iter().filter_map(|key| match req.kind {
+            MapKind::Lww => {
+                state.lww(&req.map_name).and_then(|m| m.get(&key.key)).map(|r| lww_key_state(&key.key, r))
+            }
+            MapKind::Or => state.or(&req.map_name).and_then(|m| m.get(&key.key)).map(|s| or_key_state(&key.key, s)),
+        });
+        Ok(found.collect())
+    }
+
+    /// One page of a map in key order.
+    pub fn scan(&self, req: &ScanMap) -> pb::ScanMapResponse {
+        let state = self.state.read();
+        let after = req.after_key.as_deref();
+        let mut records = Vec::new();
+        let mut last_key = None;
+        let mut done = true;
+        match req.kind {
+            MapKind::Lww => {
+                if let Some(map) = state.lww(&req.map_name) {
+                    let mut iter = map.range_after(after);
+                    for (examined, (key, record)) in iter.by_ref().enumerate() {
+                        last_key = Some(key.clone());
+                        if req.since.as_ref().is_none_or(|since| record.timestamp > *since) {
+                            records.push(lww_key_state(key, record));
+                        }
+                        if records.len() >= req.limit || examined + 1 >= SCAN_MAX_EXAMINED {
+                            break;
+                        }
+                    }
+                    done = iter.next().is_none();
+                }
+            }
+            MapKind::Or => {
+                if let Some(map) = state.or(&req.map_name) {
+                    let mut iter = map.range_after(after);
+                    for (key, key_state) in iter.by_ref() {
+                        last_key = Some(key.clone());
+                        records.push(or_key_state(key, key_state));
+                        if records.len() >= req.limit {
+                            break;
+                        }
+                    }
+                    done = iter.next().is_none();
+                }
+            }
+        }
+        let last_key = last_key.or_else(|| req.after_key.clone()).unwrap_or_default();
+        pb::ScanMapResponse { records, last_key, done }
+    }
+
+    /// Evaluates a query over the LWW map: live, unexpired records that match, strictly
+    /// after `after`, in query order; `matched` counts them before the limit. CPU-bound:
+    /// call it from a blocking task.
+    pub fn run_query(&self, req: &RunQuery) -> pb::RunQueryResponse {
+        let plan = QueryPlan::from_query(&req.query);
+        let now = wall_clock_ms();
+        let state = self.state.read();
+        let Some(map) = state.lww(&req.map_name) else {
+            return pb::RunQueryResponse::default();
+        };
+        let mut rows: Vec<_> = map
+            .iter()
+            .filter(|(_, r)| !r.is_tombstone() && !r.is_expired(now) && plan.matches(&r.value))
+            .map(|(key, record)| (plan.position(key, &record.value), record))
+            .filter(|(position, _)| {
+                req.after.as_ref().is_none_or(|after| plan.cmp_positions(position, after) == Ordering::Greater)
+            })
+            .collect();
+        let matched = rows.len() as u64;
+        let order = |a: &(topgun_proto::predicate::Position, &LwwRecord), b: &(topgun_proto::predicate::Position, &LwwRecord)| {
+            plan.cmp_positions(&a.0, &b.0)
+        };
+        if req.limit > 0 && req.limit < rows.len() {
+            // Only the first `limit` rows need ordering.
+            rows.select_nth_unstable_by(req.limit - 1, order);
+            rows.truncate(req.limit);
+        }
+        rows.sort_by(order);
+        let rows = rows
+            .into_iter()
+            .map(|(position, record)| pb::QueryRow { key: position.key, value: wire::encode_value(&record.value) })
+            .collect();
+        pb::RunQueryResponse { rows, matched }
+    }
+
+    /// A Merkle node: hash, child buckets, and every key's state when it is a leaf.
+    pub fn merkle_node(&self, req: &MerkleNodeQuery) -> pb::MerkleNodeResponse {
+        let state = self.state.read();
+        let path: &NodePath = &req.path;
+        let is_leaf = path.depth() == 3;
+        let (hash, buckets, entries) = match req.kind {
+            MapKind::Lww => match state.lww(&req.map_name) {
+                None => (0, Default::default(), Vec::new()),
+                Some(map) => {
+                    let tree = map.tree();
+                    let mut entries = Vec::new();
+                    if is_leaf {
+                        let mut keys: Vec<&str> = tree.leaf_keys(path).collect();
+                        keys.sort_unstable();
+                        entries = keys
+                            .into_iter()
+                            .filter_map(|k| map.get(k).map(|r| lww_key_state(k, r)))
+                            .collect();
+                    }
+                    (tree.node_hash(path), tree.buckets(path), entries)
+                }
+            },
+            MapKind::Or => match state.or(&req.map_name) {
+                None => (0, Default::default(), Vec::new()),
+                Some(map) => {
+                    let tree = map.tree();
+                    let entries = if is_leaf {
+                        map.leaf_keys(path)
+                            .into_iter()
+                            .filter_map(|k| map.get(k).map(|s| or_key_state(k, s)))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    (tree.node_hash(path), tree.buckets(path), entries)
+                }
+            },
+        };
+        pb::MerkleNodeResponse {
+            hash,
+            buckets: buckets.into_iter().map(|(c, h)| (c.to_string(), h)).collect(),
+            entries,
+        }
+    }
+
+    /// Every map with its key counts (LWW: records including tombstones; OR: keys with
+    /// records or tombstones), per partition.
+    pub fn list_maps(&self) -> pb::ListMapsResponse {
+        let state = self.state.read();
+        let lww = state.lww_maps().map(|(name, m)| (name, MapKind::Lww, m.partitions()));
+        let or = state.or_maps().map(|(name, m)| (name, MapKind::Or, m.partitions()));
+        let mut maps: Vec<pb::MapStats> = lww
+            .chain(or)
+            .map(|(name, kind, counts)| pb::MapStats {
+                map_name: name.clone(),
+                kind: kind.to_proto() as i32,
+                records: counts.total(),
+                partitions: counts.by_partition().iter().map(|(p, n)| (*p, *n)).collect(),
+            })
+            .collect();
+        maps.sort_by(|a, b| a.map_name.cmp(&b.map_name).then(a.kind.cmp(&b.kind)));
+        pb::ListMapsResponse { maps }
+    }
+
+    /// Identity, ownership and feed position.
+    pub fn info(&self) -> pb::ShardInfoResponse {
+        pb::ShardInfoResponse {
+            node_id: self.node_id.clone(),
+            shard_index: self.shard_index,
+            shard_count: self.shard_count,
+            partitions: self.partitions.as_slice().to_vec(),
+            epoch: self.feed.epoch().to_string(),
+            last_seq: self.feed.last_seq(),
+        }
+    }
+
+    /// Loads the owned partitions from storage, retrying with backoff while storage is
+    /// unreachable; returns early only on shutdown. Memory-only shards return at once.
+    pub async fn load_from_storage(&self, mut shutdown: watch::Receiver<bool>) -> Result<u64, SyncError> {
+        let Some(persistence) = &self.persistence else { return Ok(0) };
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let loaded = persistence.load(self.partitions.as_slice(), |page| self.apply_loaded(page)).await;
+            match loaded {
+                Ok(rows) => return Ok(rows),
+                Err(err) => tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "loading partitions from storage failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                () = stopped(&mut shutdown) => return Err(SyncError::ShuttingDown),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Folds one page of stored rows into the state. Reloading a row already loaded
+    /// changes nothing, so a load retried after a failure half-way is harmless.
+    fn apply_loaded(&self, page: Vec<topgun_proto::grpc::storage::StoredRecord>) {
+        let mut state = self.state.write();
+        let mut hlc = self.hlc.lock();
+        for row in page {
+            let (map_name, key) = (row.map_name.clone(), row.key.clone());
+            match persistence::decode_row(row) {
+                Ok(loaded) => {
+                    let key = match &loaded {
+                        LoadedRow::Lww { key, .. } | LoadedRow::Or { key, .. } => key,
+                    };
+                    if !self.partitions.contains(key.partition()) {
+                        continue;
+                    }
+                    // Later timestamps from this clock must beat every stored row.
+                    match loaded {
+                        LoadedRow::Lww { map_name, key, record } => {
+                            let _ = hlc.update(&record.timestamp);
+                            state.load_lww(&map_name, &key, record);
+                        }
+                        LoadedRow::Or { map_name, key, state: key_state, stamp } => {
+                            let _ = hlc.update(&stamp);
+                            for record in key_state.records.values() {
+                                let _ = hlc.update(&record.timestamp);
+                            }
+                            state.load_or(&map_name, &key, key_state);
+                        }
+                    }
+                }
+                Err(reason) => tracing::warn!(map = %map_name, key = %key, %reason, "skipping undecodable stored row"),
+            }
+        }
+    }
+
+    /// One GC round: expire, prune, publish, persist.
+    pub async fn gc_round(self: &Arc<Self>) -> Result<GcReport, SyncError> {
+        let this = Arc::clone(self);
+        // A sweep walks whole maps under the write lock: keep it off the async workers.
+        let (report, prepared) = tokio::task::spawn_blocking(move || this.gc_sweep(wall_clock_ms()))
+            .await
+            .map_err(|e| SyncError::Internal(format!("gc task failed: {e}")))?;
+        if let (Some(p), Some(prepared)) = (&self.persistence, prepared) {
+            p.write(prepared).await?;
+        }
+        Ok(report)
+    }
+
+    fn gc_sweep(&self, now_ms: u64) -> (GcReport, Option<persistence::PreparedWrite>) {
+        let mut state = self.state.write();
+        let mut hlc = self.hlc.lock();
+        let outcome = gc::sweep(&mut state, &mut hlc, now_ms, self.tombstone_ttl_ms, &self.node_id);
+        let report = GcReport { expired: outcome.expired, pruned: outcome.pruned };
+        // System changes carry an empty origin, so every gateway forwards them.
+        self.feed.publish(outcome.changes, &Origin::default());
+        let prepared = self.persistence.as_ref().map(|p| {
+            let mut prepared = p.prepare(&state, &mut hlc, outcome.touched, 0);
+            for (id, stamp) in outcome.deletes {
+                prepared.push_unretried(persistence::delete_mutation(&id.map_name, &id.key, id.kind, stamp));
+            }
+            prepared
+        });
+        (report, prepared)
+    }
+
+    /// Writes up to one chunk of pending rows; returns how many were sent.
+    pub async fn flush_pending(&self) -> Result<usize, SyncError> {
+        let Some(p) = &self.persistence else { return Ok(0) };
+        if p.pending_len() == 0 {
+            return Ok(0);
+        }
+        let prepared = {
+            let state = self.state.read();
+            let mut hlc = self.hlc.lock();
+            p.prepare(&state, &mut hlc, [], RETRY_CHUNK_ROWS)
+        };
+        let rows = prepared.len();
+        p.write(prepared).await?;
+        Ok(rows)
+    }
+
+    /// The LWW record of `key` in `map_name` (tests and tools).
+    pub fn lww_record(&self, map_name: &str, key: &str) -> Option<LwwRecord> {
+        self.state.read().lww(map_name).and_then(|m| m.get(key).cloned())
+    }
+
+    /// The current HLC reading, advancing the clock.
+    pub fn now(&self) -> Timestamp {
+        self.hlc.lock().now()
+    }
+}
+
+fn level_name(level: WriteConcern) -> &'static str {
+    match level {
+        WriteConcern::FireAndForget => "FIRE_AND_FORGET",
+        WriteConcern::Memory => "MEMORY",
+        WriteConcern::Applied => "APPLIED",
+        WriteConcern::Replicated => "REPLICATED",
+        WriteConcern::Persisted => "PERSISTED",
+    }
+}
+
+fn lww_key_state(key: &str, record: &LwwRecord) -> pb_common::KeyState {
+    pb_common::KeyState { key: key.to_string(), lww: Some(record.into()), or_records: Vec::new(), or_tombstones: Vec::new() }
+}
+
+fn or_key_state(key: &str, state: &crate::crdt::OrKeyState) -> pb_common::KeyState {
+    pb_common::KeyState {
+        key: key.to_string(),
+        lww: None,
+        or_records: state.records.values().map(Into::into).collect(),
+        or_tombstones: state.tombstones.iter().cloned().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SyncConfig;
+    use crate::requests::{Op, OpKind};
+    use rmpv::Value;
+
+    fn shard(partitions: Option<&str>) -> Shard {
+        let config = SyncConfig { partitions: partitions.map(Into::into), ..Default::default() };
+        Shard::new(&config.validate().expect("valid"), None)
+    }
+
+    fn put(key: &str, value: Value, millis: u64) -> Op {
+        Op {
+            op_id: key.to_string(),
+            map_name: "m".into(),
+            key: HashedKey::new(key),
+            kind: OpKind::LwwPut(LwwRecord { value, timestamp: Timestamp::new(millis, 0, "c"), ttl_ms: None }),
+        }
+    }
+
+    fn batch(ops: Vec<Op>, write_concern: WriteConcern) -> ApplyBatch {
+        ApplyBatch { ops, write_concern, origin: Origin::default() }
+    }
+
+    #[tokio::test]
+    async fn memory_only_reaches_applied_and_flags_unmet_levels() {
+        let shard = shard(None);
+        let results = shard.apply_batch(batch(vec![put("a", Value::from(1), 1)], WriteConcern::Applied)).await.expect("ok");
+        assert!(results[0].success && results[0].changed);
+        assert_eq!(results[0].achieved_level, pb_common::WriteConcern::Applied as i32);
+        let results = shard.apply_batch(batch(vec![put("a", Value::from(1), 1)], WriteConcern::Persisted)).await.expect("ok");
+        assert!(!results[0].success && !results[0].changed);
+        assert_eq!(results[0].error, "Timeout: achieved APPLIED, requested PERSISTED");
+        assert_eq!(shard.feed().last_seq(), 1, "only the change made an event");
+    }
+
+    #[tokio::test]
+    async fn foreign_partitions_fail_the_whole_batch() {
+        // "user-1" is partition 120.
+        let shard = shard(Some("0-110"));
+        let err = shard
+            .apply_batch(batch(vec![put("a", Value::from(1), 1), put("user-1", Value::from(1), 1)], WriteConcern::Applied))
+            .await
+            .expect_err("foreign");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        assert!(err.to_string().contains("partition 120"), "{err}");
+        assert!(shard.lww_record("m", "a").is_none(), "nothing applied");
+    }
+
+    #[test]
+    fn queries_sort_page_and_skip_dead_records() {
+        let shard = shard(None);
+        let mut state = shard.state.write();
+        let mut hlc = shard.hlc.lock();
+        let mut sink = Vec::new();
+        let doc = |n: i64| Value::Map(vec![(Value::from("n"), Value::from(n))]);
+        for (key, n) in [("a", 3), ("b", 1), ("c", 2), ("d", 5)] {
+            state.apply(&mut hlc, &put(key, doc(n), 10), &mut sink);
+        }
+        state.apply(&mut hlc, &put("e", Value::Nil, 10), &mut sink);
+        let mut expired = put("f", doc(0), 10);
+        if let OpKind::LwwPut(r) = &mut expired.kind {
+            r.ttl_ms = Some(1);
+        }
+        state.apply(&mut hlc, &expired, &mut sink);
+        drop((state, hlc));
+        let sort = Value::Map(vec![(Value::from("n"), Value::from("desc"))]);
+        let query = wire::Query { sort: Some(sort), ..Default::default() };
+        let req = RunQuery { map_name: "m".into(), query: query.clone(), limit: 2, after: None };
+        let res = shard.run_query(&req);
+        assert_eq!(res.matched, 4);
+        assert_eq!(res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["d", "a"]);
+        let plan = QueryPlan::from_query(&query);
+        let after = plan.position("a", &doc(3));
+        let res = shard.run_query(&RunQuery { after: Some(after), ..req });
+        assert_eq!(res.matched, 2);
+        assert_eq!(res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["c", "b"]);
+    }
+}
