@@ -1,0 +1,249 @@
+//! Search-service benchmark (plain `main`, no harness):
+//!
+//! 1. engine only: index 100k small documents, then time one-shot searches;
+//! 2. end to end with a real in-process sync shard: the lag from a write's
+//!    acknowledgement to the live-search ENTER it causes, and the bulk ingestion rate
+//!    through the change feed.
+//!
+//! Run: `cargo bench -p topgun-search --bench search -j 2`; results go to BENCH.md.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rmpv::Value;
+use tokio::net::TcpListener;
+use topgun_proto::grpc::common::{LwwRecord, WriteConcern};
+use topgun_proto::grpc::search::search_service_client::SearchServiceClient;
+use topgun_proto::grpc::search::{search_event, IndexStatusRequest, SearchRequest};
+use topgun_proto::grpc::sync::sync_service_client::SyncServiceClient;
+use topgun_proto::grpc::sync::{op, ApplyBatchRequest, Op};
+use topgun_proto::hlc::{Hlc, Timestamp};
+use topgun_proto::wire::encode_value;
+use topgun_search::{DocUpdate, EngineConfig, SearchConfig, SearchEngine, SearchQuery};
+
+const DOCS: usize = 100_000;
+const QUERIES: usize = 2_000;
+const LAG_SAMPLES: usize = 200;
+const FEED_DOCS: usize = 20_000;
+
+/// Deterministic pseudo-random numbers (no dependency, same corpus every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, bound: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % bound
+    }
+}
+
+/// A vocabulary of pronounceable words; picks are skewed so some words are common.
+fn vocabulary() -> Vec<String> {
+    let syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po", "da", "gu"];
+    let mut words = Vec::new();
+    for a in syllables {
+        for b in syllables {
+            for c in ["", "n", "r", "s"] {
+                words.push(format!("{a}{b}{c}"));
+            }
+        }
+    }
+    words
+}
+
+fn pick<'a>(rng: &mut Lcg, words: &'a [String]) -> &'a str {
+    // The minimum of two uniform picks favours low indexes: a crude Zipf.
+    let i = rng.next(words.len()).min(rng.next(words.len()));
+    &words[i]
+}
+
+fn sentence(rng: &mut Lcg, words: &[String], min: usize, max: usize) -> String {
+    let n = min + rng.next(max - min + 1);
+    (0..n).map(|_| pick(rng, words)).collect::<Vec<_>>().join(" ")
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn engine_bench() {
+    let words = vocabulary();
+    let mut rng = Lcg(42);
+    let docs: Vec<DocUpdate> = (0..DOCS)
+        .map(|i| {
+            let value = Value::Map(vec![
+                (Value::from("title"), Value::from(sentence(&mut rng, &words, 2, 6))),
+                (Value::from("body"), Value::from(sentence(&mut rng, &words, 8, 20))),
+                (Value::from("price"), Value::from(i as u64)),
+            ]);
+            DocUpdate::Lww {
+                map: "products".into(),
+                key: format!("p{i:06}"),
+                timestamp: Timestamp::new(1, 0, "bench"),
+                value: Some(encode_value(&value)),
+            }
+        })
+        .collect();
+
+    let engine = SearchEngine::start(EngineConfig::default()).expect("engine");
+    let started = Instant::now();
+    for chunk in docs.chunks(1_000) {
+        engine.apply(chunk.to_vec()).await.expect("apply");
+    }
+    engine.flush().await.expect("flush");
+    let elapsed = started.elapsed();
+    let stats = engine.stats();
+    assert_eq!(stats.documents, DOCS as u64);
+    println!(
+        "indexing: {DOCS} docs in {:.2} s = {:.0} docs/s ({} commits)",
+        elapsed.as_secs_f64(),
+        DOCS as f64 / elapsed.as_secs_f64(),
+        stats.commits
+    );
+
+    let mut latencies = Vec::with_capacity(QUERIES);
+    let mut hits = 0usize;
+    for _ in 0..QUERIES {
+        let terms = 1 + rng.next(3);
+        let query = (0..terms).map(|_| pick(&mut rng, &words)).collect::<Vec<_>>().join(" ");
+        let started = Instant::now();
+        let results = engine.search(SearchQuery::new("products", query)).await.expect("search");
+        latencies.push(started.elapsed());
+        hits += results.len();
+    }
+    latencies.sort();
+    println!(
+        "search (limit 10, 1-3 terms, {QUERIES} queries over {DOCS} docs): p50 {} p99 {} max {} (avg {:.1} hits)",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies[latencies.len() - 1]),
+        hits as f64 / QUERIES as f64
+    );
+    engine.shutdown().await;
+}
+
+fn put(clock: &mut Hlc, map: &str, key: String, text: String) -> Op {
+    Op {
+        op_id: String::new(),
+        map_name: map.into(),
+        key,
+        kind: Some(op::Kind::LwwPut(LwwRecord {
+            value: encode_value(&Value::Map(vec![(Value::from("text"), Value::from(text))])),
+            timestamp: Some((&clock.now()).into()),
+            ttl_ms: None,
+        })),
+    }
+}
+
+async fn end_to_end_bench() {
+    let sync_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sync_addr = sync_listener.local_addr().expect("addr");
+    tokio::spawn(topgun_sync::serve_with_listener(
+        sync_listener,
+        topgun_sync::SyncConfig::default(),
+        std::future::pending::<()>(),
+    ));
+    let search_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let search_addr = search_listener.local_addr().expect("addr");
+    let config = SearchConfig {
+        sync_addrs: vec![format!("http://{sync_addr}")],
+        ..SearchConfig::default()
+    };
+    tokio::spawn(topgun_search::serve_with_listener(search_listener, config, std::future::pending::<()>()));
+
+    let mut sync = loop {
+        if let Ok(client) = SyncServiceClient::connect(format!("http://{sync_addr}")).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut search = loop {
+        if let Ok(client) = SearchServiceClient::connect(format!("http://{search_addr}")).await {
+            break client;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut clock = Hlc::new("bench");
+    let apply = |ops: Vec<Op>| ApplyBatchRequest {
+        ops,
+        write_concern: WriteConcern::Applied as i32,
+        origin: None,
+    };
+    // The shard takes writes once loaded.
+    while sync.apply_batch(apply(vec![put(&mut clock, "warm", "w".into(), "up".into())])).await.is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let request = SearchRequest {
+        map_name: "lag".into(),
+        query: "probe".into(),
+        limit: 10,
+        min_score: None,
+    };
+    let mut live = search.subscribe_search(request).await.expect("subscribe").into_inner();
+    let _initial = live.next().await.expect("initial").expect("ok");
+    let mut lags = Vec::with_capacity(LAG_SAMPLES);
+    for i in 0..LAG_SAMPLES {
+        let op = put(&mut clock, "lag", format!("k{i}"), format!("probe number {i}"));
+        sync.apply_batch(apply(vec![op])).await.expect("write");
+        let acked = Instant::now();
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("event in time")
+            .expect("open")
+            .expect("ok");
+        let lag = acked.elapsed();
+        assert!(matches!(event.kind, Some(search_event::Kind::Change(c)) if c.key == format!("k{i}")));
+        lags.push(lag);
+        // Spread the writes so each one waits for its own commit window.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    lags.sort();
+    println!(
+        "write ack -> live ENTER (commit interval 50 ms, {LAG_SAMPLES} writes): p50 {} p99 {} max {}",
+        ms(percentile(&lags, 0.50)),
+        ms(percentile(&lags, 0.99)),
+        ms(lags[lags.len() - 1])
+    );
+
+    let words = vocabulary();
+    let mut rng = Lcg(7);
+    let started = Instant::now();
+    for chunk in (0..FEED_DOCS).collect::<Vec<_>>().chunks(500) {
+        let ops = chunk
+            .iter()
+            .map(|i| put(&mut clock, "feed", format!("f{i}"), sentence(&mut rng, &words, 8, 20)))
+            .collect();
+        sync.apply_batch(apply(ops)).await.expect("write");
+    }
+    let written = started.elapsed();
+    loop {
+        let status = search.index_status(IndexStatusRequest {}).await.expect("status").into_inner();
+        if status.shards.iter().all(|s| s.lag_events == 0) && status.documents >= (FEED_DOCS + LAG_SAMPLES + 1) as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let indexed = started.elapsed();
+    println!(
+        "change feed ingestion: {FEED_DOCS} docs written in {:.2} s ({:.0} docs/s), all searchable after {:.2} s ({:.0} docs/s end to end)",
+        written.as_secs_f64(),
+        FEED_DOCS as f64 / written.as_secs_f64(),
+        indexed.as_secs_f64(),
+        FEED_DOCS as f64 / indexed.as_secs_f64()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(engine_bench());
+    runtime.block_on(end_to_end_bench());
+}

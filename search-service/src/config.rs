@@ -1,0 +1,116 @@
+//! Configuration of the search service, read from flags or the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{EngineConfig, DEFAULT_MAX_PENDING_DOCS, DEFAULT_SUBSCRIBER_BUFFER};
+use crate::maps::IndexedMaps;
+
+/// Default gRPC listen address.
+pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50052";
+/// Default commit interval in milliseconds (how long a write may wait to be searchable).
+pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 50;
+
+/// Settings of the search service. Every field can be given as a flag or through the
+/// environment variable named in its `env` attribute.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "search-service", version, about = "TopGun search service (gRPC)")]
+pub struct SearchConfig {
+    /// gRPC listen address.
+    #[arg(long, env = "SEARCH_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
+    pub grpc_addr: SocketAddr,
+
+    /// Sync shards to index, comma-separated gRPC URLs (e.g. `http://127.0.0.1:50051`).
+    /// Empty: nothing is ingested.
+    #[arg(long, env = "SYNC_ADDRS", value_delimiter = ',')]
+    pub sync_addrs: Vec<String>,
+
+    /// Folder for the indexes, one sub-folder per map, rebuilt at every start. Unset:
+    /// indexes are kept in memory.
+    #[arg(long, env = "SEARCH_INDEX_DIR")]
+    pub index_dir: Option<PathBuf>,
+
+    /// Maps to index, comma-separated. Empty: every map.
+    #[arg(long, env = "SEARCH_MAPS", default_value = "")]
+    pub maps: String,
+
+    /// Shared token every internal gRPC call must carry, and that calls to the shards
+    /// carry (unset or empty = no check).
+    #[arg(long, env = "TOPGUN_INTERNAL_TOKEN", hide_env_values = true)]
+    pub internal_token: Option<String>,
+
+    /// Milliseconds between a change and the commit that makes it searchable.
+    #[arg(long, env = "SEARCH_COMMIT_INTERVAL_MS", default_value_t = DEFAULT_COMMIT_INTERVAL_MS)]
+    pub commit_interval_ms: u64,
+}
+
+impl Default for SearchConfig {
+    /// The documented defaults, ignoring the environment (for in-process use).
+    fn default() -> Self {
+        SearchConfig {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            sync_addrs: Vec::new(),
+            index_dir: None,
+            maps: String::new(),
+            internal_token: None,
+            commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
+        }
+    }
+}
+
+impl SearchConfig {
+    /// Reads the configuration from the environment only (no command-line flags), for
+    /// binaries that embed the service.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        <Self as clap::Parser>::try_parse_from(["search-service"])
+    }
+
+    /// The shard addresses, trimmed, blanks dropped.
+    pub fn shard_addrs(&self) -> Vec<String> {
+        self.sync_addrs
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    }
+
+    /// The engine settings this configuration implies.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            index_dir: self.index_dir.clone(),
+            indexed_maps: IndexedMaps::parse(&self.maps),
+            commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
+            max_pending_docs: DEFAULT_MAX_PENDING_DOCS,
+            subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_and_lists_parse() {
+        let parsed = SearchConfig::try_parse_from(["search-service"]).expect("defaults parse");
+        let default = SearchConfig::default();
+        assert_eq!(parsed.grpc_addr, default.grpc_addr);
+        assert_eq!(parsed.commit_interval_ms, 50);
+        assert!(parsed.index_dir.is_none());
+        assert_eq!(parsed.engine_config().indexed_maps, IndexedMaps::All);
+
+        let parsed = SearchConfig::try_parse_from([
+            "search-service",
+            "--sync-addrs",
+            "http://127.0.0.1:1, http://127.0.0.1:2,",
+            "--maps",
+            "a,b",
+        ])
+        .expect("parse");
+        assert_eq!(parsed.shard_addrs(), vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert!(parsed.engine_config().indexed_maps.contains("b"));
+        assert!(!parsed.engine_config().indexed_maps.contains("c"));
+    }
+}

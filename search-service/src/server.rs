@@ -1,0 +1,146 @@
+//! Running the service: engine, ingestion, gRPC server with health and reflection,
+//! graceful shutdown.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use topgun_proto::grpc::search::search_service_server::SearchServiceServer;
+use topgun_proto::internal_auth::TokenCheck;
+
+use crate::config::SearchConfig;
+use crate::engine::SearchEngine;
+use crate::error::SearchError;
+use crate::ingest::Ingestor;
+use crate::service::SearchGrpc;
+
+/// How long in-flight calls (live searches included) may run after shutdown was
+/// requested.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Server-side deadline of a unary call whose client sent none (a shorter
+/// `grpc-timeout` from the client wins). Live searches end when their client leaves.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the search service as configured until `shutdown` completes: binds
+/// `SEARCH_GRPC_ADDR`, then serves (see [`serve_with_listener`]).
+pub async fn serve(
+    config: SearchConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SearchError> {
+    let listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| SearchError::Io {
+        context: format!("cannot bind SEARCH_GRPC_ADDR {}", config.grpc_addr),
+        source,
+    })?;
+    tracing::info!(addr = %config.grpc_addr, "search service listening");
+    serve_with_listener(listener, config, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` completes: starts the engine and one ingestion
+/// task per shard of `SYNC_ADDRS`, and the gRPC server with the health service
+/// (NOT_SERVING until every shard's first scan is searchable, NOT_SERVING again while
+/// draining) and server reflection. With a non-empty internal token, every
+/// SearchService call must carry it and every call to the shards carries it.
+pub async fn serve_with_listener(
+    listener: TcpListener,
+    config: SearchConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SearchError> {
+    let engine = SearchEngine::start(config.engine_config())?;
+    serve_engine(listener, config, engine, shutdown).await
+}
+
+/// [`serve_with_listener`] with an engine the caller started, so an embedding process
+/// keeps a handle on it (e.g. to call [`SearchEngine::set_indexed_maps`]). The engine's
+/// indexed-map setting wins over `SEARCH_MAPS`; the engine is shut down on return.
+pub async fn serve_engine(
+    listener: TcpListener,
+    config: SearchConfig,
+    engine: SearchEngine,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SearchError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addrs = config.shard_addrs();
+    if addrs.is_empty() {
+        tracing::warn!("SYNC_ADDRS is empty: nothing will be indexed");
+    }
+    let ingest = Ingestor::start(&engine, &addrs, config.internal_token.as_deref(), stop_rx)?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let ready = {
+        let ingest = ingest.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            ingest.wait_ready().await;
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("bootstrap finished, serving");
+        })
+    };
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(topgun_proto::grpc::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| SearchError::Config {
+            setting: "reflection",
+            reason: e.to_string(),
+        })?;
+    let search = SearchServiceServer::new(SearchGrpc::new(engine.clone(), Some(ingest)));
+    let search = InterceptedService::new(search, TokenCheck::new(config.internal_token.clone()).interceptor());
+
+    let (draining_tx, mut draining_rx) = watch::channel(false);
+    let signal = {
+        let health = health.clone();
+        let engine = engine.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested, draining search service");
+            ready.abort();
+            set_health(&health, ServingStatus::NotServing).await;
+            engine.end_live_searches(&tonic::Status::unavailable("search service shutting down"));
+            let _ = draining_tx.send(true);
+        }
+    };
+    let server = Server::builder()
+        .timeout(CALL_TIMEOUT)
+        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(search)
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+    // Live searches are endless streams: graceful shutdown would wait for them forever,
+    // so draining is capped.
+    let grace = async move {
+        if draining_rx.wait_for(|draining| *draining).await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = server => result.map_err(SearchError::from),
+        () = grace => {
+            tracing::warn!("shutdown grace period over, dropping remaining calls");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    engine.shutdown().await;
+    tracing::info!("search service stopped");
+    result
+}
+
+/// Sets both the whole-server status (`""`, what plain probes ask) and the service's.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <SearchServiceServer<SearchGrpc> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
