@@ -1,0 +1,158 @@
+//! Merkle delta sync for LWW maps and OR-Maps (core.md §6.4, §6.9), over the sum of
+//! every shard's tree.
+
+use super::session::Session;
+use crate::error::GatewayError;
+use crate::scatter::{self, MerkleAnswer};
+use crate::writes;
+use std::collections::HashMap;
+use topgun_proto::grpc::common::{KeyState, MapKind};
+use topgun_proto::hlc::wall_clock_ms;
+use topgun_proto::wire::{
+    LeafRecord, LwwRecord, MerkleReqBucketPayload, Message, OrMapDiffRequestPayload, OrMapEntriesPayload,
+    OrMapEntry, OrMapRecord, OrMapSyncInit, OrMapSyncRespLeafPayload, SyncInit, SyncResetRequiredPayload,
+    SyncRespBucketsPayload, SyncRespLeafPayload, SyncRespRootPayload,
+};
+
+/// Tombstones older than this are pruned; a client that last synced before it may have
+/// missed deletions and must reset (core.md §4.6, §6.7).
+pub const GC_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// Largest number of records in one leaf message, keeping frames well under 16 MiB.
+const LEAF_CHUNK: usize = 2_000;
+
+pub(super) async fn sync_init(s: &Session, m: SyncInit) {
+    if let Err(err) = s.gw.check_read(s.principal(), &m.map_name) {
+        return s.send_error(&err).await;
+    }
+    let last = m.last_sync_timestamp.unwrap_or(0);
+    if last > 0 && wall_clock_ms().saturating_sub(last) > GC_AGE_MS {
+        let payload = SyncResetRequiredPayload {
+            map_name: m.map_name,
+            reason: Some("lastSyncTimestamp older than GC age".into()),
+        };
+        return s.send(Message::SyncResetRequired { payload }).await;
+    }
+    match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Lww).await {
+        Ok(root_hash) => {
+            let payload = SyncRespRootPayload { map_name: m.map_name, root_hash, timestamp: s.gw.now() };
+            s.send(Message::SyncRespRoot { payload }).await
+        }
+        Err(err) => s.send_error(&err).await,
+    }
+}
+
+pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
+    if let Err(err) = s.gw.check_read(s.principal(), &p.map_name) {
+        return s.send_error(&err).await;
+    }
+    if !scatter::valid_merkle_path(&p.path) {
+        return s.send_error(&GatewayError::BadRequest(format!("invalid Merkle path {:?}", p.path))).await;
+    }
+    match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Lww, &p.path).await {
+        Ok(MerkleAnswer::Buckets(buckets)) => {
+            let payload = SyncRespBucketsPayload { map_name: p.map_name, path: p.path, buckets };
+            s.send(Message::SyncRespBuckets { payload }).await
+        }
+        Ok(MerkleAnswer::Leaf(entries)) => {
+            let records: Vec<LeafRecord> = entries
+                .into_iter()
+                .filter_map(|e| {
+                    let record = LwwRecord::try_from(e.lww?).ok()?;
+                    Some(LeafRecord { key: e.key, record })
+                })
+                .collect();
+            for chunk in records.chunks(LEAF_CHUNK) {
+                let payload = SyncRespLeafPayload { map_name: p.map_name.clone(), path: p.path.clone(), records: chunk.to_vec() };
+                s.send(Message::SyncRespLeaf { payload }).await;
+            }
+        }
+        Err(err) => s.send_error(&err).await,
+    }
+}
+
+pub(super) async fn or_sync_init(s: &Session, m: OrMapSyncInit) {
+    if let Err(err) = s.gw.check_read(s.principal(), &m.map_name) {
+        return s.send_error(&err).await;
+    }
+    match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Or).await {
+        Ok(root_hash) => {
+            let payload = SyncRespRootPayload { map_name: m.map_name, root_hash, timestamp: s.gw.now() };
+            s.send(Message::OrMapSyncRespRoot { payload }).await
+        }
+        Err(err) => s.send_error(&err).await,
+    }
+}
+
+/// A shard's OR key state as the wire entry.
+pub(crate) fn or_entry(state: KeyState) -> OrMapEntry {
+    OrMapEntry {
+        key: state.key,
+        records: state.or_records.into_iter().filter_map(|r| OrMapRecord::try_from(r).ok()).collect(),
+        tombstones: state.or_tombstones,
+    }
+}
+
+pub(super) async fn or_bucket(s: &Session, p: MerkleReqBucketPayload) {
+    if let Err(err) = s.gw.check_read(s.principal(), &p.map_name) {
+        return s.send_error(&err).await;
+    }
+    if !scatter::valid_merkle_path(&p.path) {
+        return s.send_error(&GatewayError::BadRequest(format!("invalid Merkle path {:?}", p.path))).await;
+    }
+    match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Or, &p.path).await {
+        Ok(MerkleAnswer::Buckets(buckets)) => {
+            let payload = SyncRespBucketsPayload { map_name: p.map_name, path: p.path, buckets };
+            s.send(Message::OrMapSyncRespBuckets { payload }).await
+        }
+        Ok(MerkleAnswer::Leaf(entries)) => {
+            let entries: Vec<OrMapEntry> = entries.into_iter().map(or_entry).collect();
+            for chunk in entries.chunks(LEAF_CHUNK) {
+                let payload = OrMapSyncRespLeafPayload { map_name: p.map_name.clone(), path: p.path.clone(), entries: chunk.to_vec() };
+                s.send(Message::OrMapSyncRespLeaf { payload }).await;
+            }
+        }
+        Err(err) => s.send_error(&err).await,
+    }
+}
+
+pub(super) async fn or_diff(s: &Session, p: OrMapDiffRequestPayload) {
+    if let Err(err) = s.gw.check_read(s.principal(), &p.map_name) {
+        return s.send_error(&err).await;
+    }
+    match scatter::get_records(&s.gw, &p.map_name, MapKind::Or, &p.keys).await {
+        Ok(states) => {
+            let mut found: HashMap<String, OrMapEntry> =
+                states.into_iter().map(|st| (st.key.clone(), or_entry(st))).collect();
+            // One entry per requested key; unknown keys get empty records.
+            let entries = p
+                .keys
+                .iter()
+                .map(|k| {
+                    found.remove(k).unwrap_or_else(|| OrMapEntry { key: k.clone(), records: vec![], tombstones: vec![] })
+                })
+                .collect();
+            s.send(Message::OrMapDiffResponse { payload: OrMapEntriesPayload { map_name: p.map_name, entries } }).await
+        }
+        Err(err) => s.send_error(&err).await,
+    }
+}
+
+/// ORMAP_PUSH_DIFF: merge every entry; no reply on success (never an OP_ACK, §5.6).
+pub(super) async fn or_push(s: &Session, p: OrMapEntriesPayload) {
+    let writer = s.writer();
+    let ops = match writes::validate_or_merge(&s.gw, &p.map_name, &p.entries, &writer) {
+        Ok(ops) => ops,
+        Err(GatewayError::Forbidden(_)) => {
+            let err = GatewayError::Forbidden(format!("Access Denied for map {}", p.map_name));
+            return s.send_error(&err).await;
+        }
+        Err(err) => return s.send_error(&err).await,
+    };
+    if ops.is_empty() {
+        return;
+    }
+    if let Err(err) = writes::apply(&s.gw, ops, &writer).await {
+        s.send_error(&err).await;
+    }
+}

@@ -1,0 +1,127 @@
+//! The `/ws` endpoint (also served on `/`): upgrade, one reader loop that handles the
+//! connection's messages strictly in arrival order, and one writer task that drains the
+//! bounded outbound queue.
+
+mod extended;
+mod merkle;
+mod queries;
+mod search;
+pub mod session;
+
+pub(crate) use search::run as search_http;
+
+use crate::live::connections::{ConnHandle, Outbound, OutboundQueues};
+use crate::state::Gateway;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use session::{Flow, Session};
+use std::sync::Arc;
+use std::time::Duration;
+use topgun_proto::wire::{AuthRequired, Message};
+
+/// Close code for a message over the size limit (RFC 6455 "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// Axum handler: upgrades and runs the connection.
+pub async fn upgrade(State(gw): State<Arc<Gateway>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let limits = gw.network.connection.clone();
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    ws.max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size)
+        .write_buffer_size(limits.ws_write_buffer_size)
+        .max_write_buffer_size(limits.ws_max_write_buffer_size)
+        .on_upgrade(move |socket| run(gw, socket, host))
+}
+
+async fn run(gw: Arc<Gateway>, socket: WebSocket, host: String) {
+    let limits = gw.network.connection.clone();
+    let (conn, queues) = ConnHandle::new(gw.next_conn_id(), limits.outbound_channel_capacity, limits.send_timeout, gw.metrics.clone());
+    gw.connections.insert(conn.clone());
+    gw.metrics.active_connections.inc();
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, queues, limits.send_timeout));
+
+    let mut session = Session::new(gw.clone(), conn.clone(), host);
+    if gw.auth.is_some() {
+        // The very first frame, without waiting for input: token-less clients wait only 500 ms.
+        conn.reply(&Message::AuthRequired(AuthRequired {})).await;
+    }
+    loop {
+        let next = tokio::time::timeout(limits.idle_timeout, stream.next()).await;
+        let frame = match next {
+            Err(_) => {
+                conn.close(4002, "idle timeout");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(err))) => {
+                if is_capacity_error(&err) {
+                    gw.metrics.bad_frames.with_label_values(&["too_big"]).inc();
+                    conn.close(CLOSE_TOO_BIG, "message too big");
+                }
+                tracing::debug!(conn = conn.id, error = %err, "websocket read ended");
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame {
+            WsMessage::Binary(bytes) => {
+                let _guard = gw.track();
+                if session.handle(&bytes).await == Flow::Stop {
+                    break;
+                }
+            }
+            // Text frames are not part of the protocol; ignored as upstream does.
+            WsMessage::Text(_) => gw.metrics.bad_frames.with_label_values(&["text"]).inc(),
+            WsMessage::Close(_) => break,
+            WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+        }
+    }
+    session.close();
+    gw.connections.remove(conn.id);
+    gw.metrics.active_connections.dec();
+    drop(conn);
+    // The writer ends once every handle is dropped or after it sent a Close.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+fn is_capacity_error(err: &axum::Error) -> bool {
+    let text = err.to_string();
+    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("capacity")
+}
+
+async fn write_loop(
+    mut sink: futures::stream::SplitSink<WebSocket, WsMessage>,
+    mut queues: OutboundQueues,
+    send_timeout: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            biased;
+            close = queues.control.recv() => close,
+            frame = queues.frames.recv() => frame,
+        };
+        let Some(out) = next else { break };
+        match out {
+            Outbound::Frame(bytes) => {
+                let sent = tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            Outbound::Close(code, reason) => {
+                let frame = CloseFrame { code, reason: reason.into() };
+                let _ = tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
+                break;
+            }
+        }
+    }
+    let _ = sink.close().await;
+}
