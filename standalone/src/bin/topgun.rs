@@ -1,0 +1,62 @@
+//! `topgun`: the product's zero-setup mode. The whole suite in one process with durable
+//! embedded storage (SQLite in `TOPGUN_DATA_DIR`, default `./data`); set
+//! `DATABASE_URL=postgres://...` to store in PostgreSQL instead. Gateway on port 8080.
+
+use clap::Parser;
+use topgun_gateway::config::GatewayOptions;
+use topgun_storage::StorageConfig;
+
+/// TopGun, single process.
+#[derive(Debug, Parser)]
+#[command(name = "topgun", version, about)]
+struct Cli {
+    #[command(flatten)]
+    gateway: GatewayOptions,
+    #[command(flatten)]
+    storage: StorageArgs,
+}
+
+/// Storage selection (see the storage service for every option).
+#[derive(Debug, clap::Args)]
+struct StorageArgs {
+    /// `sqlite` (default), `postgres` (default when DATABASE_URL is postgres://) or `null`.
+    #[arg(long, env = "STORAGE_BACKEND")]
+    storage_backend: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Folder of the embedded database.
+    #[arg(long, env = "TOPGUN_DATA_DIR", default_value = "./data")]
+    data_dir: std::path::PathBuf,
+    /// Table name.
+    #[arg(long, env = "STORAGE_TABLE", default_value = "topgun_maps")]
+    table: String,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = cli.gateway.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    let storage = StorageConfig {
+        backend: cli.storage.storage_backend,
+        database_url: cli.storage.database_url,
+        data_dir: cli.storage.data_dir,
+        table: cli.storage.table,
+        ..StorageConfig::default()
+    };
+    let store = match topgun_storage::open_store(&storage).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let options = topgun_standalone::suite::SuiteOptions { gateway: cli.gateway, store, announce_port: true };
+    if let Err(e) = topgun_standalone::suite::run(options, topgun_gateway::network::module::shutdown_signal()).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,172 @@
+//! Real processes: `test-server`/`topgun` (which announce `PORT=<n>`) and the single-role
+//! service binaries (which listen on ports we pick).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of a workspace binary in the same profile folder as the running test.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "binary {} not found: build the binaries first (`cargo build --workspace --bins`, which scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running service process, killed when dropped.
+#[derive(Debug)]
+pub struct Service {
+    child: Option<Child>,
+    name: String,
+    bin: PathBuf,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+}
+
+impl Service {
+    /// Starts `name` with `args` and extra `env` (RUST_LOG defaults to `warn`).
+    pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)]) -> Service {
+        let mut service = Service {
+            child: None,
+            name: name.to_string(),
+            bin: bin_path(name),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        };
+        service.start();
+        service
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    fn start(&mut self) {
+        let child = self.command().spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    /// Starts it again with the same arguments (after a kill).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill_9 or terminate");
+        self.start();
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().and_then(Child::id).expect("running process")
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill_9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM; returns the exit code once it exits (within `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            send_signal(pid, "TERM");
+        }
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = child.kill().await;
+                None
+            }
+        }
+    }
+
+    /// Reads stdout lines until `PORT=<n>`.
+    pub async fn wait_for_port(&mut self, timeout: Duration) -> u16 {
+        let child = self.child.as_mut().expect("running process");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(timeout, async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(port) = line.trim().strip_prefix("PORT=").and_then(|p| p.parse().ok()) {
+                    return Some((port, lines));
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some((port, lines))) => {
+                // Keep draining stdout so the process never blocks on a full pipe.
+                tokio::spawn(async move {
+                    let mut lines = lines;
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                });
+                port
+            }
+            _ => panic!("{} did not print PORT=<n> within {timeout:?}", self.name),
+        }
+    }
+}
+
+/// Sends a signal by name. `kill(2)` is only reachable through unsafe FFI, which the
+/// workspace forbids, so the `kill` command does it.
+pub fn send_signal(pid: u32, signal: &str) {
+    let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// A `test-server` (or `topgun`) process and its port.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The process.
+    pub process: Service,
+    /// Gateway port.
+    pub port: u16,
+}
+
+impl TestServer {
+    /// `test-server --port 0` with extra env.
+    pub async fn start(env: &[(&str, String)]) -> TestServer {
+        Self::start_bin("test-server", &["--port", "0"], env).await
+    }
+
+    /// Any PORT-announcing binary.
+    pub async fn start_bin(bin: &str, args: &[&str], env: &[(&str, String)]) -> TestServer {
+        let mut process = Service::spawn(bin, args, env);
+        let port = process.wait_for_port(Duration::from_secs(60)).await;
+        TestServer { process, port }
+    }
+
+    /// `ws://127.0.0.1:<port>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}

@@ -1,0 +1,70 @@
+//! Builders for protocol messages used across the system tests.
+
+use serde_json::{json, Value};
+use topgun_proto::hash::fnv1a;
+use std::collections::BTreeMap;
+
+/// An HLC timestamp.
+pub fn ts(millis: u64, counter: u64, node: &str) -> Value {
+    json!({"millis": millis, "counter": counter, "nodeId": node})
+}
+
+/// An LWW PUT op as the TS client sends it inside OP_BATCH.
+pub fn put(id: &str, map: &str, key: &str, value: Value, millis: u64, node: &str) -> Value {
+    json!({"id": id, "mapName": map, "key": key, "opType": "PUT",
+           "record": {"value": value, "timestamp": ts(millis, 0, node)},
+           "timestamp": ts(millis, 0, node), "synced": false})
+}
+
+/// An LWW REMOVE op (tombstone record).
+pub fn remove(id: &str, map: &str, key: &str, millis: u64, node: &str) -> Value {
+    json!({"id": id, "mapName": map, "key": key, "opType": "REMOVE",
+           "record": {"value": null, "timestamp": ts(millis, 0, node)}, "synced": false})
+}
+
+/// An OR_ADD op.
+pub fn or_add(id: &str, map: &str, key: &str, value: Value, tag: &str, millis: u64, node: &str) -> Value {
+    json!({"id": id, "mapName": map, "key": key, "opType": "OR_ADD",
+           "orRecord": {"value": value, "timestamp": ts(millis, 0, node), "tag": tag}, "synced": false})
+}
+
+/// An OR_REMOVE op.
+pub fn or_remove(id: &str, map: &str, key: &str, tag: &str) -> Value {
+    json!({"id": id, "mapName": map, "key": key, "opType": "OR_REMOVE", "orTag": tag, "synced": false})
+}
+
+/// OP_BATCH of ops.
+pub fn batch(ops: Vec<Value>) -> Value {
+    json!({"type": "OP_BATCH", "payload": {"ops": ops}})
+}
+
+/// A unique map name per test run (the suite's state outlives a test only in memory).
+pub fn map_name(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// A client-side LWW Merkle tree exactly as core.md §6 defines it.
+#[derive(Debug, Default)]
+pub struct ClientTree {
+    /// key -> (path, entry hash)
+    entries: BTreeMap<String, (String, u32)>,
+}
+
+impl ClientTree {
+    /// Adds or replaces a key's record.
+    pub fn put(&mut self, key: &str, millis: u64, counter: u64, node: &str) {
+        let path = format!("{:08x}", fnv1a(key))[..3].to_string();
+        let hash = fnv1a(&format!("{key}:{millis}:{counter}:{node}"));
+        self.entries.insert(key.to_string(), (path, hash));
+    }
+
+    /// Hash of the node at `path`.
+    pub fn hash(&self, path: &str) -> u32 {
+        self.entries.values().filter(|(p, _)| p.starts_with(path)).fold(0u32, |a, (_, h)| a.wrapping_add(*h))
+    }
+
+    /// Local hash of child `c` of `path` (0 when missing).
+    pub fn child(&self, path: &str, c: &str) -> u32 {
+        self.hash(&format!("{path}{c}"))
+    }
+}

@@ -1,0 +1,9 @@
+//! Whole-system tests against the real binaries. One test binary (faster to link) with a
+//! module per area.
+
+mod auth_and_bad_input;
+mod common;
+mod live_queries;
+mod merkle_sync;
+mod topics_rbac_http;
+mod writes_and_events;
