@@ -4,9 +4,11 @@
 //! the protocol spec and JWT minting with the test secret.
 
 pub mod process;
+pub mod suite;
 pub mod ws_client;
 
 pub use process::{bin_path, Service, TestServer};
+pub use suite::{Layout, Storage, Suite};
 pub use ws_client::WsClient;
 
 /// The JWT secret of `test-server`.

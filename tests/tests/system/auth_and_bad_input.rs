@@ -99,3 +99,30 @@ async fn test_server_exits_cleanly_on_sigterm() {
     let code = server.process.terminate(Duration::from_secs(10)).await;
     assert_eq!(code, Some(0));
 }
+
+#[tokio::test]
+async fn a_flooding_client_does_not_starve_others() {
+    let server = TestServer::start(&[]).await;
+    let mut bystander = WsClient::connect_authed(&server.ws_url(), &token("bystander")).await;
+    let mut flooder = WsClient::connect_authed(&server.ws_url(), &token("flooder")).await;
+    // Thousands of batches without reading a single reply: its outbound queue fills,
+    // and the server must either keep up or disconnect it — never stall everyone.
+    let flood = tokio::spawn(async move {
+        for i in 0..3_000u64 {
+            let ops: Vec<serde_json::Value> = (0..10)
+                .map(|j| json!({"id": format!("{}", i * 10 + j + 1), "mapName": "flood", "key": format!("k{j}"), "opType": "PUT",
+                               "record": {"value": i, "timestamp": {"millis": 1_700_000_000_000u64 + i, "counter": j, "nodeId": "f"}}}))
+                .collect();
+            flooder.send(&json!({"type": "OP_BATCH", "payload": {"ops": ops}})).await;
+        }
+        flooder
+    });
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        bystander.ping().await;
+        assert!(started.elapsed() < Duration::from_secs(5), "PONG took {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = flood.await;
+    bystander.ping().await;
+}

@@ -2,15 +2,13 @@
 
 use crate::common::*;
 use serde_json::{json, Value};
-use topgun_tests::{token, TestServer, WsClient};
+use topgun_tests::{token, Suite, WsClient};
 
 fn keys(resp: &Value) -> Vec<String> {
     resp["payload"]["results"].as_array().expect("results").iter().map(|r| r["key"].as_str().expect("key").to_string()).collect()
 }
 
-#[tokio::test]
-async fn initial_results_are_sorted_limited_and_paged_by_cursor() {
-    let server = TestServer::start(&[]).await;
+async fn initial_results_are_sorted_limited_and_paged_by_cursor(server: Suite) {
     let map = map_name("tasks");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
     let ops = (0..7)
@@ -51,9 +49,7 @@ async fn initial_results_are_sorted_limited_and_paged_by_cursor() {
     assert_eq!(keys(&resp), ["t2", "t6"]);
 }
 
-#[tokio::test]
-async fn updates_report_enter_update_and_leave() {
-    let server = TestServer::start(&[]).await;
+async fn updates_report_enter_update_and_leave(server: Suite) {
     let map = map_name("live");
     let mut watcher = WsClient::connect_authed(&server.ws_url(), &token("r")).await;
     let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
@@ -89,3 +85,5 @@ async fn updates_report_enter_update_and_leave() {
     writer.recv_type("OP_ACK").await;
     watcher.expect_no("QUERY_UPDATE", std::time::Duration::from_millis(300)).await;
 }
+
+topgun_tests::topologies!(initial_results_are_sorted_limited_and_paged_by_cursor, updates_report_enter_update_and_leave);

@@ -4,7 +4,7 @@
 use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use topgun_tests::{token, TestServer, WsClient};
+use topgun_tests::{token, Suite, WsClient};
 
 /// Walks the server tree like the TS client: request differing buckets, merge leaves.
 /// Returns the records received.
@@ -40,9 +40,7 @@ pub async fn merkle_walk(c: &mut WsClient, map: &str, local: &ClientTree) -> BTr
     received
 }
 
-#[tokio::test]
-async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one() {
-    let server = TestServer::start(&[]).await;
+async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one(server: Suite) {
     let map = map_name("sync");
     let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
     let ops: Vec<Value> = (0..60)
@@ -79,9 +77,7 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
     assert!(merkle_walk(&mut synced, &map, &full_tree).await.is_empty());
 }
 
-#[tokio::test]
-async fn tombstones_are_delivered_in_leaves() {
-    let server = TestServer::start(&[]).await;
+async fn tombstones_are_delivered_in_leaves(server: Suite) {
     let map = map_name("tomb");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
     c.send(&batch(vec![put("1", &map, "user-1", json!("x"), 1_700_000_000_000, "w"), remove("2", &map, "user-1", 1_700_000_000_001, "w")])).await;
@@ -90,9 +86,7 @@ async fn tombstones_are_delivered_in_leaves() {
     assert_eq!(got["user-1"]["value"], json!(null));
 }
 
-#[tokio::test]
-async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error() {
-    let server = TestServer::start(&[]).await;
+async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error(server: Suite) {
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
     c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": "nothing-here", "path": "abc"}})).await;
     let reply = c.recv_type("SYNC_RESP_BUCKETS").await;
@@ -100,3 +94,5 @@ async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error() {
     c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": "m", "path": "0/1/2"}})).await;
     assert_eq!(c.recv_type("ERROR").await["payload"]["code"], 400);
 }
+
+topgun_tests::topologies!(merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one, tombstones_are_delivered_in_leaves, missing_nodes_get_empty_buckets_and_bad_paths_an_error);

@@ -4,11 +4,9 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 use topgun_tests::ws_client::{decode, encode};
-use topgun_tests::{admin_token, token, TestServer, WsClient};
+use topgun_tests::{admin_token, token, Suite, WsClient};
 
-#[tokio::test]
-async fn topic_messages_reach_other_subscribers_but_not_the_publisher() {
-    let server = TestServer::start(&[]).await;
+async fn topic_messages_reach_other_subscribers_but_not_the_publisher(server: Suite) {
     let mut a = WsClient::connect_authed(&server.ws_url(), &token("a")).await;
     let mut b = WsClient::connect_authed(&server.ws_url(), &token("b")).await;
     for c in [&mut a, &mut b] {
@@ -31,7 +29,7 @@ async fn topic_messages_reach_other_subscribers_but_not_the_publisher() {
     assert_eq!(b.recv_type("ERROR").await["payload"]["code"], 400);
 }
 
-async fn create_policy(server: &TestServer, body: Value) -> reqwest::Response {
+async fn create_policy(server: &Suite, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{}/api/admin/policies", server.http_url()))
         .bearer_auth(admin_token())
@@ -41,9 +39,7 @@ async fn create_policy(server: &TestServer, body: Value) -> reqwest::Response {
         .expect("policy request")
 }
 
-#[tokio::test]
-async fn denied_batches_get_error_then_rejections_then_ack_and_change_nothing() {
-    let server = TestServer::start(&[]).await;
+async fn denied_batches_get_error_then_rejections_then_ack_and_change_nothing(server: Suite) {
     let map = map_name("secrets");
     let resp = create_policy(&server, json!({"id": "allow-all", "mapPattern": "*", "action": "all", "effect": "allow"})).await;
     assert_eq!(resp.status(), 201);
@@ -86,9 +82,7 @@ async fn denied_batches_get_error_then_rejections_then_ack_and_change_nothing() 
     assert_eq!(c.recv().await["type"], "OP_ACK");
 }
 
-#[tokio::test]
-async fn condition_policies_compare_the_principal_with_the_data() {
-    let server = TestServer::start(&[]).await;
+async fn condition_policies_compare_the_principal_with_the_data(server: Suite) {
     let map = map_name("owned");
     let resp = create_policy(&server, json!({"mapPattern": map, "action": "write", "effect": "allow", "conditionExpr": "data.ownerId == auth.id"})).await;
     assert_eq!(resp.status(), 201);
@@ -102,7 +96,7 @@ async fn condition_policies_compare_the_principal_with_the_data() {
     assert_eq!(c.recv().await["type"], "ERROR");
 }
 
-async fn http_sync(server: &TestServer, body: &Value) -> Value {
+async fn http_sync(server: &Suite, body: &Value) -> Value {
     let resp = reqwest::Client::new()
         .post(format!("{}/sync", server.http_url()))
         .header("content-type", "application/x-msgpack")
@@ -115,9 +109,7 @@ async fn http_sync(server: &TestServer, body: &Value) -> Value {
     decode(&resp.bytes().await.expect("body"))
 }
 
-#[tokio::test]
-async fn http_sync_pushes_pulls_deltas_and_queries() {
-    let server = TestServer::start(&[]).await;
+async fn http_sync_pushes_pulls_deltas_and_queries(server: Suite) {
     let map = map_name("http");
     let hlc = ts(1_700_000_000_000, 0, "http-client");
     let push = json!({
@@ -167,3 +159,5 @@ async fn http_sync_pushes_pulls_deltas_and_queries() {
     let body: Value = bad.json().await.expect("json error");
     assert!(body["message"].as_str().is_some_and(|m| m.starts_with("invalid MsgPack body")));
 }
+
+topgun_tests::topologies!(topic_messages_reach_other_subscribers_but_not_the_publisher, denied_batches_get_error_then_rejections_then_ack_and_change_nothing, condition_policies_compare_the_principal_with_the_data, http_sync_pushes_pulls_deltas_and_queries);

@@ -3,11 +3,9 @@
 use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
-use topgun_tests::{token, TestServer, WsClient};
+use topgun_tests::{token, Suite, WsClient};
 
-#[tokio::test]
-async fn lww_put_and_remove_are_acknowledged_with_the_last_op_id() {
-    let server = TestServer::start(&[]).await;
+async fn lww_put_and_remove_are_acknowledged_with_the_last_op_id(server: Suite) {
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
     let map = map_name("todos");
     c.send(&batch(vec![
@@ -36,9 +34,7 @@ async fn lww_put_and_remove_are_acknowledged_with_the_last_op_id() {
     assert_eq!(keys, ["t2", "t3"]);
 }
 
-#[tokio::test]
-async fn persisted_write_concern_is_reported_per_op() {
-    let server = TestServer::start(&[]).await;
+async fn persisted_write_concern_is_reported_per_op(server: Suite) {
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
     let map = map_name("wc");
     let mut msg = batch(vec![put("1", &map, "k", json!(1), 1_700_000_000_000, "c1")]);
@@ -51,9 +47,7 @@ async fn persisted_write_concern_is_reported_per_op() {
     assert_eq!(result["achievedLevel"], "PERSISTED");
 }
 
-#[tokio::test]
-async fn concurrent_conflicting_writes_converge_per_lww() {
-    let server = TestServer::start(&[]).await;
+async fn concurrent_conflicting_writes_converge_per_lww(server: Suite) {
     let map = map_name("conflict-test");
     let mut a = WsClient::connect_authed(&server.ws_url(), &token("a")).await;
     let mut b = WsClient::connect_authed(&server.ws_url(), &token("b")).await;
@@ -76,9 +70,7 @@ async fn concurrent_conflicting_writes_converge_per_lww() {
     assert_eq!(resp["payload"]["results"], json!([{"key": "k", "value": "from-b"}, {"key": "other", "value": "new"}]));
 }
 
-#[tokio::test]
-async fn server_event_reaches_subscribers_but_not_the_writer() {
-    let server = TestServer::start(&[]).await;
+async fn server_event_reaches_subscribers_but_not_the_writer(server: Suite) {
     let map = map_name("events");
     let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
     let mut watcher = WsClient::connect_authed(&server.ws_url(), &token("r")).await;
@@ -105,9 +97,7 @@ async fn server_event_reaches_subscribers_but_not_the_writer() {
     writer.expect_no("SERVER_EVENT", Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
-async fn or_map_add_and_remove_are_visible_through_or_sync() {
-    let server = TestServer::start(&[]).await;
+async fn or_map_add_and_remove_are_visible_through_or_sync(server: Suite) {
     let map = map_name("or-items");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
     c.send(&batch(vec![
@@ -139,3 +129,5 @@ async fn or_map_add_and_remove_are_visible_through_or_sync() {
     c2.send(&json!({"type": "ORMAP_SYNC_INIT", "mapName": map2, "rootHash": 0, "bucketHashes": {}})).await;
     assert_eq!(c2.recv_type("ORMAP_SYNC_RESP_ROOT").await["payload"]["rootHash"], 1_599_115_293u64);
 }
+
+topgun_tests::topologies!(lww_put_and_remove_are_acknowledged_with_the_last_op_id, persisted_write_concern_is_reported_per_op, concurrent_conflicting_writes_converge_per_lww, server_event_reaches_subscribers_but_not_the_writer, or_map_add_and_remove_are_visible_through_or_sync);

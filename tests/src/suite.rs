@@ -1,0 +1,230 @@
+//! A running suite in one of two topologies: the single-process `test-server`, or the
+//! distributed shape (storage-service, N sync shards, M search replicas, K gateways as
+//! separate processes on loopback ports). Protocol tests run against both.
+
+use crate::process::{free_port, Service};
+use crate::TEST_JWT_SECRET;
+use std::time::Duration;
+
+/// Which storage the distributed suite's storage-service uses.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// Keeps nothing.
+    Null,
+    /// PostgreSQL at `DATABASE_URL`, in a table of its own.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Table name (unique per test).
+        table: String,
+    },
+}
+
+/// Shape of a distributed suite.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Sync shards.
+    pub shards: usize,
+    /// Search replicas.
+    pub search_replicas: usize,
+    /// Gateways.
+    pub gateways: usize,
+    /// Storage backend.
+    pub storage: Storage,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout { shards: 2, search_replicas: 0, gateways: 1, storage: Storage::Null }
+    }
+}
+
+/// A running suite; every process is killed when it is dropped.
+#[derive(Debug)]
+pub struct Suite {
+    /// Gateway client ports.
+    pub gateway_ports: Vec<u16>,
+    /// The storage-service process (distributed only).
+    pub storage: Option<Service>,
+    /// Sync shard processes.
+    pub shards: Vec<Service>,
+    /// Search replica processes.
+    pub search: Vec<Service>,
+    /// Gateway processes (or the single test-server).
+    pub gateways: Vec<Service>,
+    /// gRPC address of storage.
+    pub storage_addr: Option<String>,
+    /// gRPC addresses of the shards.
+    pub shard_addrs: Vec<String>,
+    token: String,
+}
+
+impl Suite {
+    /// `test-server --port 0` with extra environment.
+    pub async fn single(env: &[(&str, String)]) -> Suite {
+        let mut process = Service::spawn("test-server", &["--port", "0"], env);
+        let port = process.wait_for_port(Duration::from_secs(60)).await;
+        Suite {
+            gateway_ports: vec![port],
+            storage: None,
+            shards: vec![],
+            search: vec![],
+            gateways: vec![process],
+            storage_addr: None,
+            shard_addrs: vec![],
+            token: String::new(),
+        }
+    }
+
+    /// The default distributed suite: storage (null), 2 shards, 1 gateway.
+    pub async fn distributed() -> Suite {
+        Self::start(Layout::default()).await
+    }
+
+    /// Starts every process of `layout` and waits until each gateway is ready.
+    pub async fn start(layout: Layout) -> Suite {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let storage_port = free_port();
+        let storage_addr = format!("http://127.0.0.1:{storage_port}");
+        let mut storage_env = vec![
+            ("STORAGE_GRPC_ADDR", format!("127.0.0.1:{storage_port}")),
+            ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+        ];
+        match &layout.storage {
+            Storage::Null => storage_env.push(("STORAGE_BACKEND", "null".into())),
+            Storage::Postgres { url, table } => {
+                storage_env.push(("STORAGE_BACKEND", "postgres".into()));
+                storage_env.push(("DATABASE_URL", url.clone()));
+                storage_env.push(("STORAGE_TABLE", table.clone()));
+            }
+        }
+        let storage = Service::spawn("storage-service", &[], &storage_env);
+
+        let mut shards = Vec::new();
+        let mut shard_addrs = Vec::new();
+        for index in 0..layout.shards {
+            let port = free_port();
+            shard_addrs.push(format!("http://127.0.0.1:{port}"));
+            shards.push(Service::spawn(
+                "sync-service",
+                &[],
+                &[
+                    ("SYNC_GRPC_ADDR", format!("127.0.0.1:{port}")),
+                    ("SHARD_INDEX", index.to_string()),
+                    ("SHARD_COUNT", layout.shards.to_string()),
+                    ("NODE_ID", format!("sync-{index}")),
+                    ("STORAGE_ADDR", storage_addr.clone()),
+                    ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                ],
+            ));
+        }
+
+        let mut search = Vec::new();
+        let mut search_addrs = Vec::new();
+        for index in 0..layout.search_replicas {
+            let port = free_port();
+            search_addrs.push(format!("http://127.0.0.1:{port}"));
+            search.push(Service::spawn(
+                "search-service",
+                &[],
+                &[
+                    ("SEARCH_GRPC_ADDR", format!("127.0.0.1:{port}")),
+                    ("SYNC_ADDRS", shard_addrs.join(",")),
+                    ("NODE_ID", format!("search-{index}")),
+                    ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                ],
+            ));
+        }
+
+        let mut gateways = Vec::new();
+        let mut gateway_ports = Vec::new();
+        for index in 0..layout.gateways {
+            let port = free_port();
+            gateway_ports.push(port);
+            gateways.push(Service::spawn(
+                "gateway",
+                &[],
+                &[
+                    ("PORT", port.to_string()),
+                    ("TOPGUN_BIND_ADDR", "127.0.0.1".into()),
+                    ("NODE_ID", format!("gateway-{index}")),
+                    ("SYNC_ADDRS", shard_addrs.join(",")),
+                    ("SEARCH_ADDRS", search_addrs.join(",")),
+                    ("JWT_SECRET", TEST_JWT_SECRET.into()),
+                    ("TOPGUN_ADMIN_PASSWORD", "admin-pass".into()),
+                    ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                ],
+            ));
+        }
+        let suite = Suite {
+            gateway_ports,
+            storage: Some(storage),
+            shards,
+            search,
+            gateways,
+            storage_addr: Some(storage_addr),
+            shard_addrs,
+            token,
+        };
+        for i in 0..suite.gateway_ports.len() {
+            suite.wait_ready(i, Duration::from_secs(60)).await;
+        }
+        suite
+    }
+
+    /// Waits until gateway `i` answers 200 on `/health/ready`.
+    pub async fn wait_ready(&self, i: usize, timeout: Duration) {
+        let url = format!("{}/health/ready", self.http_url_of(i));
+        let ready = crate::eventually(timeout, || async {
+            let resp = reqwest::get(&url).await.ok()?;
+            (resp.status() == 200).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "gateway {i} not ready within {timeout:?}");
+    }
+
+    /// The shared internal token of this suite.
+    pub fn internal_token(&self) -> &str {
+        &self.token
+    }
+
+    /// `ws://…/ws` of the first gateway.
+    pub fn ws_url(&self) -> String {
+        self.ws_url_of(0)
+    }
+
+    /// `ws://…/ws` of gateway `i`.
+    pub fn ws_url_of(&self, i: usize) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.gateway_ports[i])
+    }
+
+    /// `http://…` of the first gateway.
+    pub fn http_url(&self) -> String {
+        self.http_url_of(0)
+    }
+
+    /// `http://…` of gateway `i`.
+    pub fn http_url_of(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.gateway_ports[i])
+    }
+}
+
+/// Runs an async test body against both topologies: `topologies!(name, ...)` defines
+/// `name::single` and `name::distributed` tests calling `name(suite)`.
+#[macro_export]
+macro_rules! topologies {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn single() {
+                    super::$name($crate::suite::Suite::single(&[]).await).await
+                }
+                #[tokio::test]
+                async fn distributed() {
+                    super::$name($crate::suite::Suite::distributed().await).await
+                }
+            }
+        )*
+    };
+}
