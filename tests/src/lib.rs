@@ -3,6 +3,7 @@
 //! fails (processes are killed on drop). Plus a MsgPack WebSocket client written from
 //! the protocol spec and JWT minting with the test secret.
 
+pub mod postgres;
 pub mod process;
 pub mod suite;
 pub mod ws_client;

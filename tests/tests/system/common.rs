@@ -68,3 +68,35 @@ impl ClientTree {
         self.hash(&format!("{path}{c}"))
     }
 }
+
+/// Writes `count` records `key-<i>` = `{"i": i}` in batches of 50 with the PERSISTED
+/// write concern and asserts every batch is acknowledged as persisted.
+pub async fn write_persisted(c: &mut topgun_tests::WsClient, map: &str, count: u64) {
+    for chunk_start in (0..count).step_by(50) {
+        let end = (chunk_start + 50).min(count);
+        let ops: Vec<Value> = (chunk_start..end)
+            .map(|i| put(&(i + 1).to_string(), map, &format!("key-{i}"), json!({"i": i}), 1_700_000_000_000 + i, "writer"))
+            .collect();
+        let mut msg = batch(ops);
+        msg["payload"]["writeConcern"] = json!("PERSISTED");
+        c.send(&msg).await;
+        let reply = c.recv().await;
+        assert_eq!(reply["type"], "OP_ACK", "batch at {chunk_start}: {reply}");
+        assert_eq!(reply["payload"]["lastId"], end.to_string());
+        assert_eq!(reply["payload"]["achievedLevel"], "PERSISTED", "{reply}");
+    }
+}
+
+/// Every live record of an LWW map, read through a query.
+pub async fn read_all(c: &mut topgun_tests::WsClient, map: &str) -> BTreeMap<String, Value> {
+    let query_id = uuid::Uuid::new_v4().to_string();
+    c.send(&json!({"type": "QUERY_SUB", "payload": {"queryId": query_id, "mapName": map, "query": {}}})).await;
+    let resp = c.recv_type("QUERY_RESP").await;
+    c.send(&json!({"type": "QUERY_UNSUB", "payload": {"queryId": query_id}})).await;
+    resp["payload"]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| (r["key"].as_str().expect("key").to_string(), r["value"].clone()))
+        .collect()
+}

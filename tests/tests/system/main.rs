@@ -3,6 +3,7 @@
 
 mod auth_and_bad_input;
 mod common;
+mod durability;
 mod live_queries;
 mod merkle_sync;
 mod topics_rbac_http;
