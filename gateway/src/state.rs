@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use topgun_proto::hlc::{Hlc, Timestamp};
 
 /// Lifecycle states (http-admin-ops.md §7); never goes back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum LifecycleState {
     /// Binding, waiting for services.

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use topgun_proto::partition::PARTITION_COUNT;
 use topgun_proto::grpc::storage::storage_service_server::StorageService;
 use topgun_proto::grpc::storage::{
     DeleteExpiredRequest, DeleteExpiredResponse, ListMapsRequest, ListMapsResponse,
     LoadKeysRequest, LoadKeysResponse, LoadMapRequest, LoadMapResponse, StoredRecord,
     WriteBatchRequest, WriteBatchResponse,
 };
+use topgun_proto::partition::PARTITION_COUNT;
 
 /// Page size of `LoadMap` when the request leaves it at 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;

@@ -893,9 +893,15 @@ impl PgProxy {
         let options: sqlx::postgres::PgConnectOptions =
             database_url().parse().expect("DATABASE_URL parses");
         let target = format!("{}:{}", options.get_host(), options.get_port());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let proxy = PgProxy { port, target, tasks: Arc::default() };
+        let proxy = PgProxy {
+            port,
+            target,
+            tasks: Arc::default(),
+        };
         proxy.serve(listener);
         proxy
     }
@@ -944,13 +950,18 @@ impl PgProxy {
     fn url(&self) -> String {
         let url = database_url();
         let proxied = url.replacen(&self.target, &format!("127.0.0.1:{}", self.port), 1);
-        assert_ne!(proxied, url, "DATABASE_URL must name host:port explicitly for the proxy tests");
+        assert_ne!(
+            proxied, url,
+            "DATABASE_URL must name host:port explicitly for the proxy tests"
+        );
         proxied
     }
 }
 
 fn upsert_req(key: &str) -> pb::WriteBatchRequest {
-    pb::WriteBatchRequest { mutations: vec![upsert(stored("outage", key, 1, b"v"))] }
+    pb::WriteBatchRequest {
+        mutations: vec![upsert(stored("outage", key, 1, b"v"))],
+    }
 }
 
 #[tokio::test]
@@ -966,12 +977,21 @@ async fn grpc_reports_an_outage_as_unavailable_and_recovers_when_the_database_re
     store.initialize().await.expect("initialize");
     let server = RunningServer::start(Arc::new(store), None).await;
     let mut client = StorageServiceClient::new(server.channel().await);
-    client.write_batch(upsert_req("before")).await.expect("write while up");
+    client
+        .write_batch(upsert_req("before"))
+        .await
+        .expect("write while up");
 
     proxy.cut();
-    let status = client.write_batch(upsert_req("during")).await.expect_err("database down");
+    let status = client
+        .write_batch(upsert_req("during"))
+        .await
+        .expect_err("database down");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    let status = client.list_maps(pb::ListMapsRequest {}).await.expect_err("database down");
+    let status = client
+        .list_maps(pb::ListMapsRequest {})
+        .await
+        .expect_err("database down");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 
     proxy.restore().await;
@@ -980,21 +1000,36 @@ async fn grpc_reports_an_outage_as_unavailable_and_recovers_when_the_database_re
     loop {
         match client.write_batch(upsert_req("after")).await {
             Ok(_) => break,
-            Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+            Err(s)
+                if s.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(s) => panic!("service did not recover: {s:?}"),
         }
     }
-    let keys = vec!["before".to_string(), "during".to_string(), "after".to_string()];
+    let keys = vec![
+        "before".to_string(),
+        "during".to_string(),
+        "after".to_string(),
+    ];
     let found = client
-        .load_keys(pb::LoadKeysRequest { map_name: "outage".into(), kind: 0, keys })
+        .load_keys(pb::LoadKeysRequest {
+            map_name: "outage".into(),
+            kind: 0,
+            keys,
+        })
         .await
         .expect("load after recovery")
         .into_inner()
         .records;
     let found: Vec<_> = found.into_iter().map(|r| r.key).collect();
-    assert_eq!(found, ["after", "before"], "the failed write changed nothing");
+    assert_eq!(
+        found,
+        ["after", "before"],
+        "the failed write changed nothing"
+    );
 
     server.stop().await;
     let pool = pg_pool().await;
@@ -1019,9 +1054,15 @@ async fn open_store_waits_for_a_database_that_starts_late() {
     };
     let opening = tokio::spawn(async move { topgun_storage::open_store(&config).await });
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert!(!opening.is_finished(), "startup keeps retrying while the database is down");
+    assert!(
+        !opening.is_finished(),
+        "startup keeps retrying while the database is down"
+    );
     proxy.restore().await;
-    let store = opening.await.expect("join").expect("opened once the database came up");
+    let store = opening
+        .await
+        .expect("join")
+        .expect("opened once the database came up");
     assert_eq!(store.backend_name(), "postgres");
     assert!(store.list_maps().await.expect("schema created").is_empty());
     let pool = pg_pool().await;
@@ -1040,10 +1081,21 @@ async fn open_store_gives_up_after_the_connect_timeout() {
         ..Default::default()
     };
     let started = std::time::Instant::now();
-    let err = topgun_storage::open_store(&config).await.expect_err("nothing listens on port 1");
-    assert!(matches!(err, StorageError::StartupTimeout { .. }), "{err:?}");
-    assert!(err.to_string().starts_with("database unreachable for"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(6), "gave up near the deadline");
+    let err = topgun_storage::open_store(&config)
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        matches!(err, StorageError::StartupTimeout { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().starts_with("database unreachable for"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "gave up near the deadline"
+    );
 }
 
 #[tokio::test]
@@ -1053,16 +1105,35 @@ async fn open_store_follows_the_backend_settings() {
         data_dir: dir.path().join("nested"),
         ..Default::default()
     };
-    let store = topgun_storage::open_store(&sqlite).await.expect("sqlite by default");
+    let store = topgun_storage::open_store(&sqlite)
+        .await
+        .expect("sqlite by default");
     assert_eq!(store.backend_name(), "sqlite");
     assert!(dir.path().join("nested").join("topgun.db").exists());
 
-    let null = topgun_storage::StorageConfig { backend: Some("null".into()), ..Default::default() };
-    assert_eq!(topgun_storage::open_store(&null).await.expect("null").backend_name(), "null");
+    let null = topgun_storage::StorageConfig {
+        backend: Some("null".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        topgun_storage::open_store(&null)
+            .await
+            .expect("null")
+            .backend_name(),
+        "null"
+    );
 
-    let unknown = topgun_storage::StorageConfig { backend: Some("oracle".into()), ..Default::default() };
-    let err = topgun_storage::open_store(&unknown).await.expect_err("unknown backend");
-    assert_eq!(err.to_string(), "Unknown STORAGE_BACKEND='oracle' (expected: postgres, sqlite, null)");
+    let unknown = topgun_storage::StorageConfig {
+        backend: Some("oracle".into()),
+        ..Default::default()
+    };
+    let err = topgun_storage::open_store(&unknown)
+        .await
+        .expect_err("unknown backend");
+    assert_eq!(
+        err.to_string(),
+        "Unknown STORAGE_BACKEND='oracle' (expected: postgres, sqlite, null)"
+    );
 
     let bad_table = topgun_storage::StorageConfig {
         backend: Some("null".into()),

@@ -1,6 +1,7 @@
 //! HTTP routes: POST `/sync`, health and metrics, the admin API and dashboard.
 
 pub mod admin;
+pub mod dashboard;
 pub mod health;
 pub mod sync;
 

@@ -4,7 +4,7 @@
 
 use super::config::{NetworkConfig, ServerConfig};
 use crate::auth::JwtVerifier;
-use crate::http::{admin, health, sync};
+use crate::http::{admin, dashboard, health, sync};
 use crate::live::feed;
 use crate::services::search::SearchReplicas;
 use crate::services::sync_cluster::SyncCluster;
@@ -152,26 +152,30 @@ impl NetworkModule {
         tokio::spawn(track_shards(gw.clone(), stop_rx));
         let app = router(gw.clone(), self.admin_dir);
 
+        // Drain while still listening, so readiness answers 503 during the drain:
+        // every WebSocket gets a Close, in-flight work gets up to 30 s, then the
+        // listener closes (which also waits for open HTTP requests).
         let drain_gw = gw.clone();
-        let on_shutdown = async move {
+        let drain = async move {
             shutdown.await;
             drain_gw.advance(LifecycleState::Draining);
             tracing::info!("shutdown requested: draining");
             for conn in drain_gw.connections.all() {
                 conn.close_after_pending(1000, "server shutting down").await;
             }
+            let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
+            while drain_gw.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if drain_gw.in_flight() > 0 {
+                tracing::warn!(in_flight = drain_gw.in_flight(), "drain grace period expired");
+            }
         };
         axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(on_shutdown)
+            .with_graceful_shutdown(drain)
             .await?;
-        let deadline = tokio::time::Instant::now() + DRAIN_GRACE;
-        while gw.in_flight() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         let _ = stop_tx.send(true);
-        if gw.in_flight() > 0 {
-            tracing::warn!(in_flight = gw.in_flight(), "drain grace period expired");
-        } else {
+        if gw.in_flight() == 0 {
             gw.advance(LifecycleState::Stopped);
         }
         Ok(())
@@ -212,9 +216,15 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
         .route("/api/admin/maps", get(admin::maps))
         .route("/api/admin/settings", get(admin::get_settings).put(admin::put_settings))
         .route("/api/admin/policies", get(admin::list_policies).post(admin::create_policy))
-        .route("/api/admin/policies/{id}", delete(admin::delete_policy));
-    let _ = admin_dir;
-    router.layer(DefaultBodyLimit::max(body_limit)).with_state(gw)
+        .route("/api/admin/policies/{id}", delete(admin::delete_policy))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gw);
+    let dashboard = Router::new()
+        .route("/admin", get(dashboard::index))
+        .route("/admin/", get(dashboard::index))
+        .route("/admin/{*path}", get(dashboard::asset))
+        .with_state(dashboard::DashboardDir::resolve(admin_dir));
+    router.merge(dashboard)
 }
 
 /// Resolves on SIGTERM or SIGINT.

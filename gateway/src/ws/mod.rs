@@ -11,11 +11,11 @@ pub mod session;
 pub(crate) use search::run as search_http;
 
 use crate::live::connections::{ConnHandle, Outbound, OutboundQueues};
-use crate::state::Gateway;
+use crate::state::{Gateway, LifecycleState};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use session::{Flow, Session};
 use std::sync::Arc;
@@ -27,6 +27,9 @@ const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Axum handler: upgrades and runs the connection.
 pub async fn upgrade(State(gw): State<Arc<Gateway>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    if gw.state() >= LifecycleState::Draining {
+        return (http::StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+    }
     let limits = gw.network.connection.clone();
     let host = headers
         .get(http::header::HOST)

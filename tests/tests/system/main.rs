@@ -6,5 +6,6 @@ mod common;
 mod durability;
 mod live_queries;
 mod merkle_sync;
+mod operations;
 mod topics_rbac_http;
 mod writes_and_events;
