@@ -32,7 +32,9 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtVerifier").field("algorithms", &self.validation.algorithms).finish()
+        f.debug_struct("JwtVerifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -46,26 +48,46 @@ impl JwtVerifier {
             (key, None, Algorithm::RS256)
         } else {
             let bytes = secret.as_bytes();
-            (DecodingKey::from_secret(bytes), Some(EncodingKey::from_secret(bytes)), Algorithm::HS256)
+            (
+                DecodingKey::from_secret(bytes),
+                Some(EncodingKey::from_secret(bytes)),
+                Algorithm::HS256,
+            )
         };
         let mut validation = Validation::new(alg);
         validation.leeway = leeway_secs;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        Ok(JwtVerifier { decoding, encoding, validation })
+        Ok(JwtVerifier {
+            decoding,
+            encoding,
+            validation,
+        })
     }
 
     /// Checks the token and extracts the principal.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &self.validation)?;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.decoding, &self.validation)?;
         let claims = data.claims;
-        let id = claims.get("sub").and_then(|s| s.as_str()).ok_or(AuthError::MissingSub)?;
+        let id = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .ok_or(AuthError::MissingSub)?;
         let roles = claims
             .get("roles")
             .and_then(|r| r.as_array())
-            .map(|roles| roles.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+            .map(|roles| {
+                roles
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
-        Ok(Principal { id: id.to_string(), roles })
+        Ok(Principal {
+            id: id.to_string(),
+            roles,
+        })
     }
 
     /// Issues an HS256 token `{sub, roles, exp}`; refused when the key is a public key.
@@ -78,7 +100,11 @@ impl JwtVerifier {
         }
         let key = self.encoding.as_ref().ok_or(AuthError::CannotSign)?;
         let exp = topgun_proto::hlc::wall_clock_ms() / 1000 + ttl_secs;
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &Claims { sub, roles, exp }, key)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims { sub, roles, exp },
+            key,
+        )?)
     }
 }
 
@@ -98,7 +124,13 @@ mod tests {
         let verifier = JwtVerifier::from_secret("test-e2e-secret", 60).expect("hmac key");
         let token = verifier.sign("user-1", &["USER"], 3600).expect("signs");
         let principal = verifier.verify(&token).expect("valid");
-        assert_eq!(principal, Principal { id: "user-1".into(), roles: vec!["USER".into()] });
+        assert_eq!(
+            principal,
+            Principal {
+                id: "user-1".into(),
+                roles: vec!["USER".into()]
+            }
+        );
 
         let other = JwtVerifier::from_secret("another-secret", 60).expect("hmac key");
         assert!(other.verify(&token).is_err(), "wrong secret");
@@ -115,7 +147,15 @@ mod tests {
         let key = EncodingKey::from_secret(b"s");
         let now = topgun_proto::hlc::wall_clock_ms() / 1000;
         let token = |exp| {
-            jsonwebtoken::encode(&Header::default(), &Claims { sub: "u".into(), exp }, &key).expect("signs")
+            jsonwebtoken::encode(
+                &Header::default(),
+                &Claims {
+                    sub: "u".into(),
+                    exp,
+                },
+                &key,
+            )
+            .expect("signs")
         };
         let verifier = JwtVerifier::from_secret("s", 60).expect("hmac key");
         assert!(verifier.verify(&token(now - 30)).is_ok(), "within leeway");

@@ -94,7 +94,11 @@ impl GatewayOptions {
         };
         network.connection.max_message_size = self.max_message_bytes;
         network.tls = match (self.tls_cert, self.tls_key) {
-            (Some(cert_path), Some(key_path)) => Some(TlsConfig { cert_path, key_path, ca_cert_path: self.tls_ca }),
+            (Some(cert_path), Some(key_path)) => Some(TlsConfig {
+                cert_path,
+                key_path,
+                ca_cert_path: self.tls_ca,
+            }),
             _ => None,
         };
         let mut server = ServerConfig {
@@ -109,7 +113,10 @@ impl GatewayOptions {
         module.set_server_config(server);
         module.set_services(services);
         module.set_jwt_secret(if self.no_auth { None } else { self.jwt_secret });
-        module.set_admin(AdminCredentials { username: self.admin_username, password: self.admin_password });
+        module.set_admin(AdminCredentials {
+            username: self.admin_username,
+            password: self.admin_password,
+        });
         module.set_admin_dir(self.admin_dir);
         module
     }
@@ -120,7 +127,13 @@ pub fn parse_addr_list(list: &str) -> Vec<String> {
     list.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| if s.contains("://") { s.to_string() } else { format!("http://{s}") })
+        .map(|s| {
+            if s.contains("://") {
+                s.to_string()
+            } else {
+                format!("http://{s}")
+            }
+        })
         .collect()
 }
 
@@ -130,7 +143,10 @@ mod tests {
 
     #[test]
     fn address_lists_are_normalised() {
-        assert_eq!(parse_addr_list(" a:1, ,http://b:2 "), vec!["http://a:1", "http://b:2"]);
+        assert_eq!(
+            parse_addr_list(" a:1, ,http://b:2 "),
+            vec!["http://a:1", "http://b:2"]
+        );
         assert!(parse_addr_list("").is_empty());
     }
 }

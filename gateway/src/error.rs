@@ -73,12 +73,21 @@ impl GatewayError {
 
     /// The wire ERROR message.
     pub fn to_message(&self) -> Message {
-        Message::Error { payload: ErrorPayload { code: u64::from(self.code()), message: self.to_string(), details: None } }
+        Message::Error {
+            payload: ErrorPayload {
+                code: u64::from(self.code()),
+                message: self.to_string(),
+                details: None,
+            },
+        }
     }
 
     /// Whether retrying the same request later can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, GatewayError::Overloaded | GatewayError::Timeout(_) | GatewayError::Unavailable(_))
+        matches!(
+            self,
+            GatewayError::Overloaded | GatewayError::Timeout(_) | GatewayError::Unavailable(_)
+        )
     }
 
     /// Maps a failed internal gRPC call (with the deadline it had).
@@ -90,7 +99,9 @@ impl GatewayError {
             Code::Unavailable | Code::FailedPrecondition | Code::Aborted | Code::Unknown => {
                 GatewayError::Unavailable(status.message().to_string())
             }
-            Code::InvalidArgument | Code::OutOfRange => GatewayError::BadRequest(status.message().to_string()),
+            Code::InvalidArgument | Code::OutOfRange => {
+                GatewayError::BadRequest(status.message().to_string())
+            }
             Code::PermissionDenied => GatewayError::Forbidden(status.message().to_string()),
             Code::Unauthenticated => GatewayError::Internal("internal token rejected".into()),
             Code::Unimplemented => GatewayError::NotImplemented(status.message().to_string()),
@@ -105,9 +116,15 @@ mod tests {
 
     #[test]
     fn codes_and_texts_follow_the_protocol_vocabulary() {
-        assert_eq!(GatewayError::Overloaded.to_string(), "server overloaded, try again later");
+        assert_eq!(
+            GatewayError::Overloaded.to_string(),
+            "server overloaded, try again later"
+        );
         assert_eq!(GatewayError::Overloaded.code(), 429);
-        assert_eq!(GatewayError::Timeout(5000).to_string(), "operation timed out after 5000ms");
+        assert_eq!(
+            GatewayError::Timeout(5000).to_string(),
+            "operation timed out after 5000ms"
+        );
         assert_eq!(
             GatewayError::TooLarge { size: 10, max: 5 }.to_string(),
             "value size 10 bytes exceeds maximum 5 bytes"

@@ -16,7 +16,9 @@ pub struct LogControl {
 
 impl std::fmt::Debug for LogControl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogControl").field("current", &*self.current.lock()).finish()
+        f.debug_struct("LogControl")
+            .field("current", &*self.current.lock())
+            .finish()
     }
 }
 
@@ -28,8 +30,11 @@ impl LogControl {
 
     /// Validates and applies a new directive (e.g. `info,topgun_gateway=debug`).
     pub fn set(&self, directive: &str) -> Result<(), String> {
-        let filter = EnvFilter::try_new(directive).map_err(|e| format!("invalid log level filter: {e}"))?;
-        self.handle.reload(filter).map_err(|e| format!("failed to reload log level: {e}"))?;
+        let filter =
+            EnvFilter::try_new(directive).map_err(|e| format!("invalid log level filter: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("failed to reload log level: {e}"))?;
         *self.current.lock() = directive.to_string();
         Ok(())
     }
@@ -40,7 +45,16 @@ pub fn init() -> Option<LogControl> {
     let directive = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
     let filter = EnvFilter::try_new(&directive).unwrap_or_else(|_| EnvFilter::new("info"));
     let (layer, handle) = reload::Layer::new(filter);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(true);
-    tracing_subscriber::registry().with(layer).with(fmt).try_init().ok()?;
-    Some(LogControl { handle, current: Arc::new(Mutex::new(directive)) })
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(fmt)
+        .try_init()
+        .ok()?;
+    Some(LogControl {
+        handle,
+        current: Arc::new(Mutex::new(directive)),
+    })
 }

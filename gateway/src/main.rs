@@ -41,7 +41,10 @@ async fn main() {
         }
     };
     tracing::info!(port, "gateway listening");
-    if let Err(e) = module.serve(topgun_gateway::network::module::shutdown_signal()).await {
+    if let Err(e) = module
+        .serve(topgun_gateway::network::module::shutdown_signal())
+        .await
+    {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -34,34 +34,60 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            5.0, 10.0,
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
         ];
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-            registry.register(Box::new(c.clone())).expect("unique metric name");
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric name");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.clone()), labels)
-                .expect("static metric definition");
-            registry.register(Box::new(h.clone())).expect("unique metric name");
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.clone()),
+                labels,
+            )
+            .expect("static metric definition");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric name");
             h
         };
-        let active_connections =
-            IntGauge::new("topgun_active_connections", "Open client WebSocket connections")
-                .expect("static metric definition");
-        registry.register(Box::new(active_connections.clone())).expect("unique metric name");
+        let active_connections = IntGauge::new(
+            "topgun_active_connections",
+            "Open client WebSocket connections",
+        )
+        .expect("static metric definition");
+        registry
+            .register(Box::new(active_connections.clone()))
+            .expect("unique metric name");
         let slow_consumer_disconnects = IntCounter::new(
             "topgun_slow_consumer_disconnects_total",
             "Connections closed because their outbound queue stayed full",
         )
         .expect("static metric definition");
-        registry.register(Box::new(slow_consumer_disconnects.clone())).expect("unique metric name");
+        registry
+            .register(Box::new(slow_consumer_disconnects.clone()))
+            .expect("unique metric name");
         Metrics {
-            messages_in: counter("topgun_messages_in_total", "Inbound client messages", &["type"]),
-            messages_out: counter("topgun_messages_out_total", "Outbound client messages", &["type"]),
-            operations: counter("topgun_operations_total", "Completed operations", &["service", "outcome"]),
+            messages_in: counter(
+                "topgun_messages_in_total",
+                "Inbound client messages",
+                &["type"],
+            ),
+            messages_out: counter(
+                "topgun_messages_out_total",
+                "Outbound client messages",
+                &["type"],
+            ),
+            operations: counter(
+                "topgun_operations_total",
+                "Completed operations",
+                &["service", "outcome"],
+            ),
             operation_duration: histogram(
                 "topgun_operation_duration_seconds",
                 "Operation latency",
@@ -77,7 +103,11 @@ impl Metrics {
                 "Latency of internal gRPC calls",
                 &["service", "method"],
             ),
-            bad_frames: counter("topgun_bad_frames_total", "Frames rejected as invalid", &["reason"]),
+            bad_frames: counter(
+                "topgun_bad_frames_total",
+                "Frames rejected as invalid",
+                &["reason"],
+            ),
             active_connections,
             slow_consumer_disconnects,
             registry,

@@ -35,7 +35,12 @@ impl CursorStatus {
 }
 
 fn digest(query: &Query) -> u32 {
-    let filter = Query { where_: query.where_.clone(), predicate: query.predicate.clone(), sort: query.sort.clone(), ..Default::default() };
+    let filter = Query {
+        where_: query.where_.clone(),
+        predicate: query.predicate.clone(),
+        sort: query.sort.clone(),
+        ..Default::default()
+    };
     let bytes = wire::encode_body(&filter);
     fnv1a(&URL_SAFE_NO_PAD.encode(bytes))
 }
@@ -52,10 +57,14 @@ pub fn encode(last: &Position, query: &Query) -> String {
 
 /// The position a cursor points after, or why it cannot be used.
 pub fn decode(cursor: &str, query: &Query) -> Result<Position, CursorStatus> {
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| CursorStatus::Invalid)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| CursorStatus::Invalid)?;
     let value = wire::decode_value(&bytes).map_err(|_| CursorStatus::Invalid)?;
     let items = value.as_array().ok_or(CursorStatus::Invalid)?;
-    let [position, query_digest, created] = items.as_slice() else { return Err(CursorStatus::Invalid) };
+    let [position, query_digest, created] = items.as_slice() else {
+        return Err(CursorStatus::Invalid);
+    };
     if query_digest.as_u64() != Some(u64::from(digest(query))) {
         return Err(CursorStatus::Invalid);
     }
@@ -72,11 +81,20 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_are_bound_to_their_query() {
-        let query = Query { limit: Some(2), ..Default::default() };
-        let position = Position { sort_values: vec![rmpv::Value::from(3)], key: "k".into() };
+        let query = Query {
+            limit: Some(2),
+            ..Default::default()
+        };
+        let position = Position {
+            sort_values: vec![rmpv::Value::from(3)],
+            key: "k".into(),
+        };
         let cursor = encode(&position, &query);
         assert_eq!(decode(&cursor, &query), Ok(position));
-        let other = Query { sort: Some(rmpv::Value::Map(vec![("a".into(), "asc".into())])), ..Default::default() };
+        let other = Query {
+            sort: Some(rmpv::Value::Map(vec![("a".into(), "asc".into())])),
+            ..Default::default()
+        };
         assert_eq!(decode(&cursor, &other), Err(CursorStatus::Invalid));
         assert_eq!(decode("!!!", &query), Err(CursorStatus::Invalid));
     }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use topgun_proto::grpc::common::{self as pbc, KeyState, MapKind};
-use topgun_proto::grpc::sync::{GetRecordsRequest, MerkleNodeRequest, RunQueryRequest, ScanMapRequest};
+use topgun_proto::grpc::sync::{
+    GetRecordsRequest, MerkleNodeRequest, RunQueryRequest, ScanMapRequest,
+};
 use topgun_proto::hlc::Timestamp;
 use topgun_proto::predicate::{Position, QueryPlan};
 use topgun_proto::wire::{self, Query};
@@ -24,13 +26,25 @@ pub enum MerkleAnswer {
 
 /// Valid Merkle paths: "" or 1–3 lowercase hex characters.
 pub fn valid_merkle_path(path: &str) -> bool {
-    path.len() <= 3 && path.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    path.len() <= 3
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-async fn merkle_nodes(gw: &Arc<Gateway>, map: &str, kind: MapKind, path: &str) -> Result<Vec<topgun_proto::grpc::sync::MerkleNodeResponse>, GatewayError> {
+async fn merkle_nodes(
+    gw: &Arc<Gateway>,
+    map: &str,
+    kind: MapKind,
+    path: &str,
+) -> Result<Vec<topgun_proto::grpc::sync::MerkleNodeResponse>, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
     let calls = gw.sync.shards().iter().map(|shard| {
-        let req = gw.sync.request(MerkleNodeRequest { map_name: map.to_string(), kind: kind as i32, path: path.to_string() });
+        let req = gw.sync.request(MerkleNodeRequest {
+            map_name: map.to_string(),
+            kind: kind as i32,
+            path: path.to_string(),
+        });
         let shard = shard.clone();
         async move {
             let result = shard.client().merkle_node(req).await;
@@ -40,10 +54,16 @@ async fn merkle_nodes(gw: &Arc<Gateway>, map: &str, kind: MapKind, path: &str) -
     });
     let started = Instant::now();
     let results = futures::future::join_all(calls).await;
-    gw.metrics.grpc_client_duration.with_label_values(&["sync", "MerkleNode"]).observe(started.elapsed().as_secs_f64());
+    gw.metrics
+        .grpc_client_duration
+        .with_label_values(&["sync", "MerkleNode"])
+        .observe(started.elapsed().as_secs_f64());
     results
         .into_iter()
-        .map(|r| r.map(|r| r.into_inner()).map_err(|s| GatewayError::from_status(&s, timeout_ms)))
+        .map(|r| {
+            r.map(|r| r.into_inner())
+                .map_err(|s| GatewayError::from_status(&s, timeout_ms))
+        })
         .collect()
 }
 
@@ -54,9 +74,17 @@ pub async fn merkle_root(gw: &Arc<Gateway>, map: &str, kind: MapKind) -> Result<
 }
 
 /// The node at `path`: leaf entries from every shard, or element-wise summed buckets.
-pub async fn merkle_node(gw: &Arc<Gateway>, map: &str, kind: MapKind, path: &str) -> Result<MerkleAnswer, GatewayError> {
+pub async fn merkle_node(
+    gw: &Arc<Gateway>,
+    map: &str,
+    kind: MapKind,
+    path: &str,
+) -> Result<MerkleAnswer, GatewayError> {
     let nodes = merkle_nodes(gw, map, kind, path).await?;
-    let entries: Vec<KeyState> = nodes.iter().flat_map(|n| n.entries.iter().cloned()).collect();
+    let entries: Vec<KeyState> = nodes
+        .iter()
+        .flat_map(|n| n.entries.iter().cloned())
+        .collect();
     if !entries.is_empty() {
         return Ok(MerkleAnswer::Leaf(entries));
     }
@@ -91,7 +119,12 @@ pub async fn run_query(
     after: Option<&Position>,
 ) -> Result<QueryPage, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
-    let filter = Query { where_: query.where_.clone(), predicate: query.predicate.clone(), sort: query.sort.clone(), ..Default::default() };
+    let filter = Query {
+        where_: query.where_.clone(),
+        predicate: query.predicate.clone(),
+        sort: query.sort.clone(),
+        ..Default::default()
+    };
     let query_bytes = wire::encode_body(&filter);
     let after_bytes = after.map(|p| wire::encode_value(&p.to_value()));
     let calls = gw.sync.shards().iter().map(|shard| {
@@ -110,11 +143,16 @@ pub async fn run_query(
     });
     let started = Instant::now();
     let responses = futures::future::join_all(calls).await;
-    gw.metrics.grpc_client_duration.with_label_values(&["sync", "RunQuery"]).observe(started.elapsed().as_secs_f64());
+    gw.metrics
+        .grpc_client_duration
+        .with_label_values(&["sync", "RunQuery"])
+        .observe(started.elapsed().as_secs_f64());
     let mut matched = 0u64;
     let mut rows = Vec::new();
     for response in responses {
-        let response = response.map_err(|s| GatewayError::from_status(&s, timeout_ms))?.into_inner();
+        let response = response
+            .map_err(|s| GatewayError::from_status(&s, timeout_ms))?
+            .into_inner();
         matched += response.matched;
         for row in response.rows {
             let value = wire::decode_value(&row.value).map_err(GatewayError::Internal)?;
@@ -127,30 +165,55 @@ pub async fn run_query(
     }
     let has_more = matched > rows.len() as u64;
     let last = rows.last().map(|(p, _, _)| p.clone());
-    Ok(QueryPage { rows: rows.into_iter().map(|(_, k, v)| (k, v)).collect(), has_more, last })
+    Ok(QueryPage {
+        rows: rows.into_iter().map(|(_, k, v)| (k, v)).collect(),
+        has_more,
+        last,
+    })
 }
 
 /// Full state of the given keys, each asked of its owning shard.
-pub async fn get_records(gw: &Arc<Gateway>, map: &str, kind: MapKind, keys: &[String]) -> Result<Vec<KeyState>, GatewayError> {
+pub async fn get_records(
+    gw: &Arc<Gateway>,
+    map: &str,
+    kind: MapKind,
+    keys: &[String],
+) -> Result<Vec<KeyState>, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
     let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for key in keys {
-        by_shard.entry(gw.sync.shard_for_key(key)).or_default().push(key.clone());
+        by_shard
+            .entry(gw.sync.shard_for_key(key))
+            .or_default()
+            .push(key.clone());
     }
     let calls = by_shard.into_iter().map(|(shard, keys)| {
-        let req = gw.sync.request(GetRecordsRequest { map_name: map.to_string(), kind: kind as i32, keys });
+        let req = gw.sync.request(GetRecordsRequest {
+            map_name: map.to_string(),
+            kind: kind as i32,
+            keys,
+        });
         let shard = gw.sync.shards()[shard].clone();
         async move { shard.client().get_records(req).await }
     });
     let mut out = Vec::new();
     for response in futures::future::join_all(calls).await {
-        out.extend(response.map_err(|s| GatewayError::from_status(&s, timeout_ms))?.into_inner().records);
+        out.extend(
+            response
+                .map_err(|s| GatewayError::from_status(&s, timeout_ms))?
+                .into_inner()
+                .records,
+        );
     }
     Ok(out)
 }
 
 /// Every LWW record of a map with a timestamp strictly greater than `since`.
-pub async fn scan_since(gw: &Arc<Gateway>, map: &str, since: &Timestamp) -> Result<Vec<KeyState>, GatewayError> {
+pub async fn scan_since(
+    gw: &Arc<Gateway>,
+    map: &str,
+    since: &Timestamp,
+) -> Result<Vec<KeyState>, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
     let mut out = Vec::new();
     for shard in gw.sync.shards() {
@@ -163,7 +226,12 @@ pub async fn scan_since(gw: &Arc<Gateway>, map: &str, since: &Timestamp) -> Resu
                 limit: 1000,
                 since: Some(pbc::Timestamp::from(since)),
             });
-            let page = shard.client().scan_map(req).await.map_err(|s| GatewayError::from_status(&s, timeout_ms))?.into_inner();
+            let page = shard
+                .client()
+                .scan_map(req)
+                .await
+                .map_err(|s| GatewayError::from_status(&s, timeout_ms))?
+                .into_inner();
             out.extend(page.records);
             if page.done || page.last_key.is_empty() {
                 break;

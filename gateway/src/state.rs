@@ -102,7 +102,11 @@ impl Gateway {
         search: Option<SearchReplicas>,
         admin: AdminCredentials,
     ) -> Arc<Self> {
-        let node_id = if server.node_id.is_empty() { "gateway".to_string() } else { server.node_id.clone() };
+        let node_id = if server.node_id.is_empty() {
+            "gateway".to_string()
+        } else {
+            server.node_id.clone()
+        };
         let permits = server.max_concurrent_operations as usize;
         Arc::new(Gateway {
             gateway_id: uuid::Uuid::new_v4().to_string(),
@@ -196,19 +200,35 @@ impl Gateway {
     }
 
     /// Records a completed operation.
-    pub fn record_operation(&self, service: &str, started: Instant, result: Result<(), &GatewayError>) {
+    pub fn record_operation(
+        &self,
+        service: &str,
+        started: Instant,
+        result: Result<(), &GatewayError>,
+    ) {
         self.total_operations.fetch_add(1, Ordering::Relaxed);
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.metrics.operations.with_label_values(&[service, outcome]).inc();
-        self.metrics.operation_duration.with_label_values(&[service]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .operations
+            .with_label_values(&[service, outcome])
+            .inc();
+        self.metrics
+            .operation_duration
+            .with_label_values(&[service])
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = result {
-            self.metrics.operation_errors.with_label_values(&[service, e.metric_label()]).inc();
+            self.metrics
+                .operation_errors
+                .with_label_values(&[service, e.metric_label()])
+                .inc();
         }
     }
 
     /// Applies a new `max_concurrent_operations` to admission control.
     pub fn set_max_concurrent_operations(&self, max: u32) {
-        let old = self.permits_configured.swap(u64::from(max), Ordering::SeqCst) as i64;
+        let old = self
+            .permits_configured
+            .swap(u64::from(max), Ordering::SeqCst) as i64;
         let diff = i64::from(max) - old;
         if diff > 0 {
             self.permits.add_permits(diff as usize);
@@ -224,21 +244,42 @@ impl Gateway {
     }
 
     /// RBAC read check (core.md §3.3).
-    pub fn check_read(&self, principal: Option<&Principal>, resource: &str) -> Result<(), GatewayError> {
+    pub fn check_read(
+        &self,
+        principal: Option<&Principal>,
+        resource: &str,
+    ) -> Result<(), GatewayError> {
         if !self.server.read().security.default_permissions.read {
-            return Err(GatewayError::Forbidden(format!("Access Denied for map {resource}")));
+            return Err(GatewayError::Forbidden(format!(
+                "Access Denied for map {resource}"
+            )));
         }
-        match decide(&self.policies, principal, Action::Read, resource, &rmpv::Value::Nil) {
+        match decide(
+            &self.policies,
+            principal,
+            Action::Read,
+            resource,
+            &rmpv::Value::Nil,
+        ) {
             Decision::Allow => Ok(()),
-            Decision::Deny(_) => Err(GatewayError::Forbidden(format!("Access Denied for map {resource}"))),
+            Decision::Deny(_) => Err(GatewayError::Forbidden(format!(
+                "Access Denied for map {resource}"
+            ))),
         }
     }
 
     /// RBAC write check of one op with its data.
-    pub fn check_write(&self, principal: Option<&Principal>, resource: &str, data: &rmpv::Value) -> Result<(), GatewayError> {
+    pub fn check_write(
+        &self,
+        principal: Option<&Principal>,
+        resource: &str,
+        data: &rmpv::Value,
+    ) -> Result<(), GatewayError> {
         match decide(&self.policies, principal, Action::Write, resource, data) {
             Decision::Allow => Ok(()),
-            Decision::Deny(_) => Err(GatewayError::Forbidden(format!("write access denied for map: {resource}"))),
+            Decision::Deny(_) => Err(GatewayError::Forbidden(format!(
+                "write access denied for map: {resource}"
+            ))),
         }
     }
 }

@@ -45,7 +45,9 @@ pub struct ValidOp {
 /// Map names: any non-empty UTF-8 string up to 1024 bytes without control characters.
 pub fn validate_map_name(name: &str) -> Result<(), GatewayError> {
     if name.is_empty() {
-        return Err(GatewayError::BadRequest("invalid map name: must not be empty".into()));
+        return Err(GatewayError::BadRequest(
+            "invalid map name: must not be empty".into(),
+        ));
     }
     if name.len() > 1024 || name.chars().any(char::is_control) {
         return Err(GatewayError::BadRequest(format!(
@@ -66,7 +68,8 @@ pub fn validate_ops(
     ops.iter()
         .enumerate()
         .map(|(index, op)| {
-            validate_op(gw, op, batch_concern, writer, &security).map_err(|error| Rejection { index, error })
+            validate_op(gw, op, batch_concern, writer, &security)
+                .map_err(|error| Rejection { index, error })
         })
         .collect()
 }
@@ -80,14 +83,20 @@ fn validate_op(
 ) -> Result<ValidOp, GatewayError> {
     validate_map_name(&op.map_name)?;
     let kind = op.kind().ok_or_else(|| {
-        GatewayError::BadRequest(format!("invalid operation for key {:?}: no record, orRecord or orTag", op.key))
+        GatewayError::BadRequest(format!(
+            "invalid operation for key {:?}: no record, orRecord or orTag",
+            op.key
+        ))
     })?;
     if writer.via_connection {
         if security.require_auth && !writer.authenticated {
             return Err(GatewayError::Unauthorized);
         }
         if !security.default_permissions.write {
-            return Err(GatewayError::Forbidden(format!("write access denied for map: {}", op.map_name)));
+            return Err(GatewayError::Forbidden(format!(
+                "write access denied for map: {}",
+                op.map_name
+            )));
         }
         if security.max_value_bytes > 0 {
             let size = match kind {
@@ -96,7 +105,10 @@ fn validate_op(
                 _ => 0,
             };
             if size > security.max_value_bytes {
-                return Err(GatewayError::TooLarge { size, max: security.max_value_bytes });
+                return Err(GatewayError::TooLarge {
+                    size,
+                    max: security.max_value_bytes,
+                });
             }
         }
     }
@@ -124,7 +136,10 @@ fn validate_op(
             key: op.key.clone(),
             kind: Some(kind),
         },
-        requested: op.write_concern.or(batch_concern).unwrap_or(WriteConcern::Memory),
+        requested: op
+            .write_concern
+            .or(batch_concern)
+            .unwrap_or(WriteConcern::Memory),
         shard: gw.sync.shard_for_key(&op.key),
     })
 }
@@ -175,42 +190,68 @@ pub struct Applied {
 /// Applies validated ops: one ApplyBatch per shard, concurrently. Any shard failure
 /// fails the whole call with a (usually retryable) error and no acknowledgement; the
 /// merges that did happen are idempotent, so the client's resend is safe.
-pub async fn apply(gw: &Arc<Gateway>, ops: Vec<ValidOp>, writer: &Writer) -> Result<Applied, GatewayError> {
+pub async fn apply(
+    gw: &Arc<Gateway>,
+    ops: Vec<ValidOp>,
+    writer: &Writer,
+) -> Result<Applied, GatewayError> {
     let started = Instant::now();
     let result = apply_inner(gw, ops, writer).await;
     gw.record_operation("crdt", started, result.as_ref().map(|_| ()));
     result
 }
 
-async fn apply_inner(gw: &Arc<Gateway>, ops: Vec<ValidOp>, writer: &Writer) -> Result<Applied, GatewayError> {
-    let _permit = gw.permits.try_acquire().map_err(|_| GatewayError::Overloaded)?;
+async fn apply_inner(
+    gw: &Arc<Gateway>,
+    ops: Vec<ValidOp>,
+    writer: &Writer,
+) -> Result<Applied, GatewayError> {
+    let _permit = gw
+        .permits
+        .try_acquire()
+        .map_err(|_| GatewayError::Overloaded)?;
     let timeout_ms = gw.operation_timeout_ms();
-    let origin = pbc::Origin { gateway_id: gw.gateway_id.clone(), connection_id: writer.conn_id.unwrap_or(0) };
+    let origin = pbc::Origin {
+        gateway_id: gw.gateway_id.clone(),
+        connection_id: writer.conn_id.unwrap_or(0),
+    };
 
     let shard_count = gw.sync.shards().len();
     let mut groups: Vec<Vec<usize>> = vec![Vec::new(); shard_count];
     for (i, op) in ops.iter().enumerate() {
         groups[op.shard.min(shard_count - 1)].push(i);
     }
-    let calls = groups.iter().enumerate().filter(|(_, idx)| !idx.is_empty()).map(|(shard, idx)| {
-        let request = pbs::ApplyBatchRequest {
-            ops: idx.iter().map(|&i| ops[i].op.clone()).collect(),
-            write_concern: pbc::WriteConcern::from(
-                idx.iter().map(|&i| ops[i].requested).max().unwrap_or(WriteConcern::Memory),
-            ) as i32,
-            origin: Some(origin.clone()),
-        };
-        let handle = gw.sync.shards()[shard].clone();
-        let req = gw.sync.request(request);
-        let metrics = gw.metrics.clone();
-        async move {
-            let t = Instant::now();
-            let result = handle.client().apply_batch(req).await;
-            metrics.grpc_client_duration.with_label_values(&["sync", "ApplyBatch"]).observe(t.elapsed().as_secs_f64());
-            handle.mark(result.is_ok() || result.as_ref().err().is_some_and(|s| !is_transport(s)));
-            (idx, result)
-        }
-    });
+    let calls = groups
+        .iter()
+        .enumerate()
+        .filter(|(_, idx)| !idx.is_empty())
+        .map(|(shard, idx)| {
+            let request = pbs::ApplyBatchRequest {
+                ops: idx.iter().map(|&i| ops[i].op.clone()).collect(),
+                write_concern: pbc::WriteConcern::from(
+                    idx.iter()
+                        .map(|&i| ops[i].requested)
+                        .max()
+                        .unwrap_or(WriteConcern::Memory),
+                ) as i32,
+                origin: Some(origin.clone()),
+            };
+            let handle = gw.sync.shards()[shard].clone();
+            let req = gw.sync.request(request);
+            let metrics = gw.metrics.clone();
+            async move {
+                let t = Instant::now();
+                let result = handle.client().apply_batch(req).await;
+                metrics
+                    .grpc_client_duration
+                    .with_label_values(&["sync", "ApplyBatch"])
+                    .observe(t.elapsed().as_secs_f64());
+                handle.mark(
+                    result.is_ok() || result.as_ref().err().is_some_and(|s| !is_transport(s)),
+                );
+                (idx, result)
+            }
+        });
     let responses = futures::future::join_all(calls).await;
 
     let mut results: Vec<Option<pbs::OpResult>> = vec![None; ops.len()];
@@ -239,21 +280,41 @@ async fn apply_inner(gw: &Arc<Gateway>, ops: Vec<ValidOp>, writer: &Writer) -> R
         .zip(results)
         .map(|(op, r)| {
             let r = r.unwrap_or_default();
-            let achieved = WriteConcern::from(pbc::WriteConcern::try_from(r.achieved_level).unwrap_or(pbc::WriteConcern::FireAndForget));
+            let achieved = WriteConcern::from(
+                pbc::WriteConcern::try_from(r.achieved_level)
+                    .unwrap_or(pbc::WriteConcern::FireAndForget),
+            );
             let reached = r.success && achieved >= op.requested;
             let error = if !r.success {
-                Some(if r.error.is_empty() { "operation failed".to_string() } else { r.error })
+                Some(if r.error.is_empty() {
+                    "operation failed".to_string()
+                } else {
+                    r.error
+                })
             } else if !reached {
-                Some(format!("Timeout: achieved {}, requested {}", level_name(achieved), level_name(op.requested)))
+                Some(format!(
+                    "Timeout: achieved {}, requested {}",
+                    level_name(achieved),
+                    level_name(op.requested)
+                ))
             } else {
                 None
             };
             results_needed |= error.is_some() || op.requested > WriteConcern::Applied;
             achieved_all = achieved_all.min(achieved);
-            OpResult { op_id: op.op.op_id.clone(), success: error.is_none(), achieved_level: achieved, error }
+            OpResult {
+                op_id: op.op.op_id.clone(),
+                success: error.is_none(),
+                achieved_level: achieved,
+                error,
+            }
         })
         .collect();
-    Ok(Applied { results, achieved: achieved_all, results_needed })
+    Ok(Applied {
+        results,
+        achieved: achieved_all,
+        results_needed,
+    })
 }
 
 fn is_transport(status: &tonic::Status) -> bool {

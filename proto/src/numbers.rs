@@ -23,7 +23,7 @@ impl<'de> Visitor<'de> for U64Visitor {
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
         // 2^64 itself is not representable as u64.
-        if v.fract() == 0.0 && v >= 0.0 && v < 18_446_744_073_709_551_616.0 {
+        if v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v) {
             Ok(v as u64)
         } else {
             Err(E::custom(format!(

@@ -32,20 +32,25 @@ pub struct SuiteOptions {
 }
 
 async fn loopback() -> Result<(TcpListener, SocketAddr), SuiteError> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| SuiteError::Start(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| SuiteError::Start(e.to_string()))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| SuiteError::Start(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| SuiteError::Start(e.to_string()))?;
     Ok((listener, addr))
 }
 
-fn until(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn until(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Runs the suite until `shutdown` resolves; the gateway drains first, then the sync
 /// shard, then storage, so every acknowledged write has reached the store.
-pub async fn run(options: SuiteOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), SuiteError> {
+pub async fn run(
+    options: SuiteOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SuiteError> {
     // A per-process random token: other local users cannot call the loopback services.
     let token = uuid::Uuid::new_v4().simple().to_string();
     let (storage_stop_tx, storage_stop) = watch::channel(false);
@@ -69,7 +74,11 @@ pub async fn run(options: SuiteOptions, shutdown: impl Future<Output = ()> + Sen
         default_operation_timeout_ms: options.gateway.default_operation_timeout_ms,
         ..Default::default()
     };
-    let sync = tokio::spawn(topgun_sync::serve_with_listener(sync_listener, sync_config, until(sync_stop)));
+    let sync = tokio::spawn(topgun_sync::serve_with_listener(
+        sync_listener,
+        sync_config,
+        until(sync_stop),
+    ));
 
     let services = ServiceEndpoints {
         sync_addrs: vec![format!("http://{sync_addr}")],
@@ -79,15 +88,22 @@ pub async fn run(options: SuiteOptions, shutdown: impl Future<Output = ()> + Sen
     let log = topgun_gateway::logging::init();
     let mut module = options.gateway.into_module(services);
     module.set_log_control(log);
-    let port = module.start().await.map_err(|e| SuiteError::Start(e.to_string()))?;
-    let gw = module.gateway().ok_or_else(|| SuiteError::Start("gateway state missing".into()))?;
+    let port = module
+        .start()
+        .await
+        .map_err(|e| SuiteError::Start(e.to_string()))?;
+    let gw = module
+        .gateway()
+        .ok_or_else(|| SuiteError::Start("gateway state missing".into()))?;
     let gateway = tokio::spawn(module.serve(shutdown));
 
     // Ready = every shard answered (its data is loaded); only then announce the port.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while gw.state() == LifecycleState::Starting {
         if tokio::time::Instant::now() > deadline || gateway.is_finished() {
-            return Err(SuiteError::Start("services did not become ready within 60 s".into()));
+            return Err(SuiteError::Start(
+                "services did not become ready within 60 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -21,7 +21,8 @@ pub fn token_with(secret: &str, sub: &str, roles: &[&str], ttl_secs: i64) -> Str
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let claims = serde_json::json!({ "sub": sub, "roles": roles, "iat": now, "exp": now + ttl_secs });
+    let claims =
+        serde_json::json!({ "sub": sub, "roles": roles, "iat": now, "exp": now + ttl_secs });
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,

@@ -12,7 +12,10 @@ use tokio::process::{Child, Command};
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -48,7 +51,10 @@ impl Service {
             name: name.to_string(),
             bin: bin_path(name),
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         };
         service.start();
         service
@@ -57,7 +63,10 @@ impl Service {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.bin);
         cmd.args(&self.args)
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -67,7 +76,10 @@ impl Service {
     }
 
     fn start(&mut self) {
-        let child = self.command().spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        let child = self
+            .command()
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
         self.child = Some(child);
     }
 
@@ -79,7 +91,10 @@ impl Service {
 
     /// Process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().and_then(Child::id).expect("running process")
+        self.child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("running process")
     }
 
     /// SIGKILL and reap.
@@ -111,7 +126,11 @@ impl Service {
         let mut lines = BufReader::new(stdout).lines();
         let found = tokio::time::timeout(timeout, async {
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(port) = line.trim().strip_prefix("PORT=").and_then(|p| p.parse().ok()) {
+                if let Some(port) = line
+                    .trim()
+                    .strip_prefix("PORT=")
+                    .and_then(|p| p.parse().ok())
+                {
                     return Some((port, lines));
                 }
             }
@@ -135,7 +154,10 @@ impl Service {
 /// Sends a signal by name. `kill(2)` is only reachable through unsafe FFI, which the
 /// workspace forbids, so the `kill` command does it.
 pub fn send_signal(pid: u32, signal: &str) {
-    let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// A `test-server` (or `topgun`) process and its port.

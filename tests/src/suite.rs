@@ -35,7 +35,12 @@ pub struct Layout {
 
 impl Default for Layout {
     fn default() -> Self {
-        Layout { shards: 2, search_replicas: 0, gateways: 1, storage: Storage::Null }
+        Layout {
+            shards: 2,
+            search_replicas: 0,
+            gateways: 1,
+            storage: Storage::Null,
+        }
     }
 }
 

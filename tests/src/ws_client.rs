@@ -42,7 +42,9 @@ pub fn decode(bytes: &[u8]) -> Value {
 impl WsClient {
     /// Connects to a `ws://` URL.
     pub async fn connect(url: &str) -> WsClient {
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .unwrap_or_else(|e| panic!("connect {url}: {e}"));
         WsClient { stream }
     }
 
@@ -51,7 +53,9 @@ impl WsClient {
         let mut client = Self::connect(url).await;
         let first = client.recv().await;
         assert_eq!(first["type"], "AUTH_REQUIRED", "first frame: {first}");
-        client.send(&serde_json::json!({"type": "AUTH", "token": token})).await;
+        client
+            .send(&serde_json::json!({"type": "AUTH", "token": token}))
+            .await;
         let ack = client.recv_type("AUTH_ACK").await;
         assert_eq!(ack["type"], "AUTH_ACK");
         client
@@ -64,7 +68,10 @@ impl WsClient {
 
     /// Sends raw bytes as one binary frame.
     pub async fn send_raw(&mut self, bytes: Vec<u8>) {
-        self.stream.send(Ws::Binary(bytes.into())).await.expect("send frame");
+        self.stream
+            .send(Ws::Binary(bytes.into()))
+            .await
+            .expect("send frame");
     }
 
     /// Next protocol message or close, within `timeout`.
@@ -124,7 +131,9 @@ impl WsClient {
                 return;
             }
             match self.next_within(left).await {
-                Received::Message(m) if m["type"] == type_name => panic!("unexpected {type_name}: {m}"),
+                Received::Message(m) if m["type"] == type_name => {
+                    panic!("unexpected {type_name}: {m}")
+                }
                 Received::Message(_) => continue,
                 Received::Timeout => return,
                 Received::Closed(code, reason) => panic!("closed ({code} {reason}) while waiting"),
@@ -135,7 +144,8 @@ impl WsClient {
     /// Sends PING and waits for the PONG echo: proves the connection still works.
     pub async fn ping(&mut self) {
         let ts = 1_700_000_000_000u64 + u64::from(rand_u16());
-        self.send(&serde_json::json!({"type": "PING", "timestamp": ts})).await;
+        self.send(&serde_json::json!({"type": "PING", "timestamp": ts}))
+            .await;
         let pong = self.recv_type("PONG").await;
         assert_eq!(pong["timestamp"], ts);
     }

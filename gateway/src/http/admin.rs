@@ -23,16 +23,28 @@ const ADMIN_TOKEN_TTL_SECS: u64 = 86_400;
 #[allow(clippy::result_large_err)]
 pub fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Response> {
     let Some(verifier) = &gw.auth else {
-        return Err(json_error(StatusCode::UNAUTHORIZED, "authentication not configured", None));
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication not configured",
+            None,
+        ));
     };
     let Some(token) = bearer_token(headers.get(http::header::AUTHORIZATION)) else {
-        return Err(json_error(StatusCode::UNAUTHORIZED, "missing or invalid Bearer token", None));
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid Bearer token",
+            None,
+        ));
     };
     let principal = verifier
         .verify(token)
         .map_err(|_| json_error(StatusCode::UNAUTHORIZED, "invalid or expired token", None))?;
     if !principal.is_admin() {
-        return Err(json_error(StatusCode::FORBIDDEN, "admin role required", None));
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            "admin role required",
+            None,
+        ));
     }
     Ok(principal)
 }
@@ -45,13 +57,25 @@ pub async fn login(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
         password: String,
     }
     let Ok(login) = serde_json::from_slice::<Login>(&body) else {
-        return json_error(StatusCode::BAD_REQUEST, "body must be JSON {username, password}", None);
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "body must be JSON {username, password}",
+            None,
+        );
     };
     let Some(password) = &gw.admin.password else {
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "admin password not configured", None);
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "admin password not configured",
+            None,
+        );
     };
     let Some(verifier) = &gw.auth else {
-        return json_error(StatusCode::INTERNAL_SERVER_ERROR, "authentication not configured", None);
+        return json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "authentication not configured",
+            None,
+        );
     };
     let user_ok = constant_time_eq(login.username.as_bytes(), gw.admin.username.as_bytes());
     let pass_ok = constant_time_eq(login.password.as_bytes(), password.as_bytes());
@@ -60,10 +84,16 @@ pub async fn login(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
     }
     match verifier.sign(&gw.admin.username, &["admin"], ADMIN_TOKEN_TTL_SECS) {
         Ok(token) => Json(serde_json::json!({ "token": token })).into_response(),
-        Err(crate::auth::AuthError::CannotSign) => {
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "authentication not configured", None)
-        }
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("token generation failed: {e}"), None),
+        Err(crate::auth::AuthError::CannotSign) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "authentication not configured",
+            None,
+        ),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("token generation failed: {e}"),
+            None,
+        ),
     }
 }
 
@@ -111,7 +141,9 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
         }));
     }
     let owner = |index: usize| {
-        gw.sync.shards()[index].info().map_or_else(|| format!("sync-{index}"), |i| i.node_id)
+        gw.sync.shards()[index]
+            .info()
+            .map_or_else(|| format!("sync-{index}"), |i| i.node_id)
     };
     let partitions: Vec<serde_json::Value> = table
         .iter()
@@ -132,7 +164,11 @@ pub async fn maps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
     }
     let mut totals: BTreeMap<(String, i32), (u64, u64)> = BTreeMap::new();
     for shard in gw.sync.shards() {
-        match shard.client().list_maps(gw.sync.request(ListMapsRequest {})).await {
+        match shard
+            .client()
+            .list_maps(gw.sync.request(ListMapsRequest {}))
+            .await
+        {
             Ok(resp) => {
                 for m in resp.into_inner().maps {
                     let entry = totals.entry((m.map_name, m.kind)).or_default();
@@ -141,7 +177,15 @@ pub async fn maps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
                 }
             }
             Err(status) => {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, format!("sync shard {} unavailable: {}", shard.addr, status.message()), None);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "sync shard {} unavailable: {}",
+                        shard.addr,
+                        status.message()
+                    ),
+                    None,
+                );
             }
         }
     }
@@ -184,7 +228,11 @@ pub async fn get_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap) ->
 }
 
 /// PUT /api/admin/settings: every field is validated before anything is applied.
-pub async fn put_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn put_settings(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
@@ -192,42 +240,81 @@ pub async fn put_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bo
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}"), None),
     };
-    for key in ["nodeId", "host", "port", "partitionCount", "requireAuth", "maxValueBytes", "defaultOperationTimeoutMs"] {
+    for key in [
+        "nodeId",
+        "host",
+        "port",
+        "partitionCount",
+        "requireAuth",
+        "maxValueBytes",
+        "defaultOperationTimeoutMs",
+    ] {
         if json.get(key).is_some() {
-            return json_error(StatusCode::BAD_REQUEST, format!("field '{key}' is read-only and cannot be updated"), Some(key));
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("field '{key}' is read-only and cannot be updated"),
+                Some(key),
+            );
         }
     }
     let Some(obj) = json.as_object() else {
-        return json_error(StatusCode::BAD_REQUEST, "invalid settings: expected an object", None);
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "invalid settings: expected an object",
+            None,
+        );
     };
     let gc = match obj.get("gcIntervalMs") {
         None => None,
         Some(v) => match v.as_u64().filter(|v| *v >= 1_000) {
             Some(v) => Some(v),
-            None => return json_error(StatusCode::BAD_REQUEST, "invalid settings: gcIntervalMs must be an integer >= 1000", Some("gcIntervalMs")),
-        },
-    };
-    let max_ops = match obj.get("maxConcurrentOperations") {
-        None => None,
-        Some(v) => match v.as_u64().filter(|v| (1..=1_000_000).contains(v)) {
-            Some(v) => Some(v as u32),
             None => {
-                return json_error(StatusCode::BAD_REQUEST, "invalid settings: maxConcurrentOperations must be an integer in 1..=1000000", Some("maxConcurrentOperations"))
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid settings: gcIntervalMs must be an integer >= 1000",
+                    Some("gcIntervalMs"),
+                )
             }
         },
     };
+    let max_ops =
+        match obj.get("maxConcurrentOperations") {
+            None => None,
+            Some(v) => match v.as_u64().filter(|v| (1..=1_000_000).contains(v)) {
+                Some(v) => Some(v as u32),
+                None => return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid settings: maxConcurrentOperations must be an integer in 1..=1000000",
+                    Some("maxConcurrentOperations"),
+                ),
+            },
+        };
     let log_level = match obj.get("logLevel") {
         None => None,
         Some(serde_json::Value::String(s)) => {
             let Some(log) = gw.log_control() else {
-                return json_error(StatusCode::SERVICE_UNAVAILABLE, "observability not configured", None);
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "observability not configured",
+                    None,
+                );
             };
             if let Err(e) = tracing_subscriber::EnvFilter::try_new(s) {
-                return json_error(StatusCode::BAD_REQUEST, format!("invalid log level filter: {e}"), Some("logLevel"));
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid log level filter: {e}"),
+                    Some("logLevel"),
+                );
             }
             Some((log, s.clone()))
         }
-        Some(_) => return json_error(StatusCode::BAD_REQUEST, "invalid settings: logLevel must be a string", Some("logLevel")),
+        Some(_) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "invalid settings: logLevel must be a string",
+                Some("logLevel"),
+            )
+        }
     };
     if let Some((log, level)) = log_level {
         if let Err(e) = log.set(&level) {
@@ -252,25 +339,43 @@ pub async fn list_policies(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -
 }
 
 /// POST /api/admin/policies: upsert; applies to open connections at once.
-pub async fn create_policy(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn create_policy(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
     let request: PolicyRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return json_error(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid policy: {e}"), None),
+        Err(e) => {
+            return json_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid policy: {e}"),
+                None,
+            )
+        }
     };
     match request.into_policy() {
         Ok(policy) => {
             gw.policies.upsert(policy.clone());
             (StatusCode::CREATED, Json(policy)).into_response()
         }
-        Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string(), Some("conditionExpr")),
+        Err(e) => json_error(
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+            Some("conditionExpr"),
+        ),
     }
 }
 
 /// DELETE /api/admin/policies/{id}: 204 even when the id is unknown.
-pub async fn delete_policy(State(gw): State<Arc<Gateway>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+pub async fn delete_policy(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }

@@ -43,7 +43,9 @@ fn content_type(path: &std::path::Path) -> &'static str {
 
 async fn serve_file(dir: &std::path::Path, relative: &str) -> Response {
     // Only plain components: no `..`, no absolute paths.
-    let safe = std::path::Path::new(relative).components().all(|c| matches!(c, Component::Normal(_)));
+    let safe = std::path::Path::new(relative)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)));
     let mut path = dir.join(if safe { relative } else { "" });
     if path.is_dir() {
         path = path.join("index.html");
@@ -54,7 +56,11 @@ async fn serve_file(dir: &std::path::Path, relative: &str) -> Response {
         _ => dir.join("index.html"),
     };
     match tokio::fs::read(&path).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, content_type(&path))], Body::from(bytes)).into_response(),
+        Ok(bytes) => (
+            [(header::CONTENT_TYPE, content_type(&path))],
+            Body::from(bytes),
+        )
+            .into_response(),
         Err(_) => StatusCode::NOT_FOUND.into_response(),
     }
 }

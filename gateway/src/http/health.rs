@@ -46,7 +46,11 @@ pub async fn live() -> StatusCode {
 
 /// 200 only while ready and every sync shard answered its last call.
 pub async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
-    let shards_ok = gw.sync.shards().iter().all(|s| s.is_reachable() && s.is_following());
+    let shards_ok = gw
+        .sync
+        .shards()
+        .iter()
+        .all(|s| s.is_reachable() && s.is_following());
     if gw.state() == LifecycleState::Ready && shards_ok {
         StatusCode::OK
     } else {
@@ -56,6 +60,14 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> StatusCode {
 
 /// Prometheus text exposition.
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    gw.metrics.active_connections.set(gw.connections.len() as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], gw.metrics.render())
+    gw.metrics
+        .active_connections
+        .set(gw.connections.len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
 }

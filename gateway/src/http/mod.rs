@@ -13,7 +13,8 @@ use axum::Json;
 /// `message` for the dashboard, which reads that key.
 pub fn json_error(status: StatusCode, message: impl Into<String>, field: Option<&str>) -> Response {
     let message = message.into();
-    let mut body = serde_json::json!({ "code": status.as_u16(), "message": message, "error": message });
+    let mut body =
+        serde_json::json!({ "code": status.as_u16(), "message": message, "error": message });
     if let Some(field) = field {
         body["field"] = serde_json::Value::from(field);
     }

@@ -34,16 +34,28 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         match wire::decode_body(&body) {
             Ok(r) => r,
             Err(e) => {
-                return json_error(StatusCode::BAD_REQUEST, format!("invalid MsgPack body: {e}"), None);
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid MsgPack body: {e}"),
+                    None,
+                );
             }
         }
     };
     if request.client_hlc.millis > 0 {
         gw.observe(&request.client_hlc);
     }
-    let mut response = HttpSyncResponse { server_hlc: gw.now(), ..Default::default() };
+    let mut response = HttpSyncResponse {
+        server_hlc: gw.now(),
+        ..Default::default()
+    };
     let mut errors = Vec::new();
-    let writer = Writer { conn_id: None, principal: principal.clone(), authenticated: principal.is_some(), via_connection: false };
+    let writer = Writer {
+        conn_id: None,
+        principal: principal.clone(),
+        authenticated: principal.is_some(),
+        via_connection: false,
+    };
 
     if let Some(ops) = request.operations.filter(|ops| !ops.is_empty()) {
         let applied = match writes::validate_ops(&gw, &ops, None, &writer) {
@@ -52,10 +64,20 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         };
         match applied {
             Ok(applied) => {
-                let last_id = ops.last().and_then(|o| o.id.clone()).unwrap_or_else(|| "unknown".into());
-                response.ack = Some(HttpAck { last_id, results: applied.results_needed.then_some(applied.results) });
+                let last_id = ops
+                    .last()
+                    .and_then(|o| o.id.clone())
+                    .unwrap_or_else(|| "unknown".into());
+                response.ack = Some(HttpAck {
+                    last_id,
+                    results: applied.results_needed.then_some(applied.results),
+                });
             }
-            Err(err) => errors.push(HttpSyncError { code: 500, message: err.to_string(), context: None }),
+            Err(err) => errors.push(HttpSyncError {
+                code: 500,
+                message: err.to_string(),
+                context: None,
+            }),
         }
     }
 
@@ -75,11 +97,23 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
                     .into_iter()
                     .filter_map(|st| {
                         let record = LwwRecord::try_from(st.lww?).ok()?;
-                        let event_type = if record.is_tombstone() { "REMOVE" } else { "PUT" };
-                        Some(DeltaRecord { key: st.key, record, event_type: event_type.into() })
+                        let event_type = if record.is_tombstone() {
+                            "REMOVE"
+                        } else {
+                            "PUT"
+                        };
+                        Some(DeltaRecord {
+                            key: st.key,
+                            record,
+                            event_type: event_type.into(),
+                        })
                     })
                     .collect();
-                deltas.push(MapDelta { map_name: entry.map_name, records, server_sync_timestamp: gw.now() });
+                deltas.push(MapDelta {
+                    map_name: entry.map_name,
+                    records,
+                    server_sync_timestamp: gw.now(),
+                });
             }
             Err(err) => errors.push(HttpSyncError {
                 code: 500,
@@ -99,19 +133,40 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
 
     let mut search_results = Vec::new();
     for search in request.searches.unwrap_or_default() {
-        let context = Some(format!("Search {} on {}", search.search_id, search.map_name));
+        let context = Some(format!(
+            "Search {} on {}",
+            search.search_id, search.map_name
+        ));
         if gw.check_read(principal.as_ref(), &search.map_name).is_err() {
-            errors.push(HttpSyncError { code: 403, message: "Access denied".into(), context });
+            errors.push(HttpSyncError {
+                code: 403,
+                message: "Access denied".into(),
+                context,
+            });
             continue;
         }
-        let options: Option<SearchOptions> = search.options.as_ref().and_then(|o| rmpv::ext::from_value(o.clone()).ok());
+        let options: Option<SearchOptions> = search
+            .options
+            .as_ref()
+            .and_then(|o| rmpv::ext::from_value(o.clone()).ok());
         match crate::ws::search_http(&gw, &search.map_name, &search.query, options.as_ref()).await {
             Ok(hits) => {
                 let total = hits.len() as u64;
-                let results = hits.iter().filter_map(|h| rmpv::ext::to_value(h).ok()).collect();
-                search_results.push(HttpSearchResult { search_id: search.search_id, results, total_count: Some(total) });
+                let results = hits
+                    .iter()
+                    .filter_map(|h| rmpv::ext::to_value(h).ok())
+                    .collect();
+                search_results.push(HttpSearchResult {
+                    search_id: search.search_id,
+                    results,
+                    total_count: Some(total),
+                });
             }
-            Err(err) => errors.push(HttpSyncError { code: u64::from(err.code()), message: err.to_string(), context }),
+            Err(err) => errors.push(HttpSyncError {
+                code: u64::from(err.code()),
+                message: err.to_string(),
+                context,
+            }),
         }
     }
 
@@ -119,7 +174,11 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
     response.query_results = (!query_results.is_empty()).then_some(query_results);
     response.search_results = (!search_results.is_empty()).then_some(search_results);
     response.errors = (!errors.is_empty()).then_some(errors);
-    ([(header::CONTENT_TYPE, "application/msgpack")], wire::encode_body(&response)).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/msgpack")],
+        wire::encode_body(&response),
+    )
+        .into_response()
 }
 
 /// Bearer token → principal; with `require_auth`, a missing or bad token is a 401.
@@ -135,11 +194,17 @@ fn authenticate(gw: &Gateway, headers: &HeaderMap) -> Result<Option<Principal>, 
     match verified {
         Ok(p) => Ok(Some(p)),
         Err(_) if !require => Ok(None),
-        Err(_) if header_value.is_none() => {
-            Err(json_error(StatusCode::UNAUTHORIZED, "authentication required", None))
-        }
+        Err(_) if header_value.is_none() => Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication required",
+            None,
+        )),
         Err(reason) => {
-            let message = if gw.network.insecure_forward_auth_errors { format!("invalid or expired token: {reason}") } else { "Authentication failed".into() };
+            let message = if gw.network.insecure_forward_auth_errors {
+                format!("invalid or expired token: {reason}")
+            } else {
+                "Authentication failed".into()
+            };
             Err(json_error(StatusCode::UNAUTHORIZED, message, None))
         }
     }
@@ -164,31 +229,62 @@ fn decode_cursor(cursor: &str) -> Option<String> {
     Some(json.get("lastKey")?.as_str()?.to_string())
 }
 
-async fn run_query(gw: &Arc<Gateway>, principal: Option<&Principal>, q: &HttpQueryRequest) -> Result<HttpQueryResult, HttpSyncError> {
+async fn run_query(
+    gw: &Arc<Gateway>,
+    principal: Option<&Principal>,
+    q: &HttpQueryRequest,
+) -> Result<HttpQueryResult, HttpSyncError> {
     if gw.check_read(principal, &q.map_name).is_err() {
-        return Err(HttpSyncError { code: 403, message: "access denied".into(), context: Some(q.query_id.clone()) });
+        return Err(HttpSyncError {
+            code: 403,
+            message: "access denied".into(),
+            context: Some(q.query_id.clone()),
+        });
     }
     // A map filter is an equality where-clause; anything else matches everything.
     let where_ = q.filter.clone().filter(|f| f.is_map());
-    let query = Query { where_, ..Default::default() };
+    let query = Query {
+        where_,
+        ..Default::default()
+    };
     let plan = QueryPlan::from_query(&query);
     let after = match &q.cursor {
         Some(cursor) => match decode_cursor(cursor) {
-            Some(key) => Some(Position { sort_values: vec![], key }),
+            Some(key) => Some(Position {
+                sort_values: vec![],
+                key,
+            }),
             None => {
-                return Err(HttpSyncError { code: 400, message: "invalid or expired cursor".into(), context: Some(q.query_id.clone()) });
+                return Err(HttpSyncError {
+                    code: 400,
+                    message: "invalid or expired cursor".into(),
+                    context: Some(q.query_id.clone()),
+                });
             }
         },
         None => None,
     };
-    let offset = if after.is_some() { 0 } else { q.offset.unwrap_or(0) as usize };
+    let offset = if after.is_some() {
+        0
+    } else {
+        q.offset.unwrap_or(0) as usize
+    };
     let limit = q.limit.map(|l| l as usize + offset);
     let page = scatter::run_query(gw, &q.map_name, &query, &plan, limit, after.as_ref())
         .await
-        .map_err(|e: GatewayError| HttpSyncError { code: 500, message: e.to_string(), context: Some(q.query_id.clone()) })?;
+        .map_err(|e: GatewayError| HttpSyncError {
+            code: 500,
+            message: e.to_string(),
+            context: Some(q.query_id.clone()),
+        })?;
     let rows: Vec<(String, rmpv::Value)> = page.rows.into_iter().skip(offset).collect();
     let (has_more, next_cursor) = match q.limit {
-        Some(_) => (Some(page.has_more), page.has_more.then(|| rows.last().map(|(k, _)| encode_cursor(k))).flatten()),
+        Some(_) => (
+            Some(page.has_more),
+            page.has_more
+                .then(|| rows.last().map(|(k, _)| encode_cursor(k)))
+                .flatten(),
+        ),
         None => (None, None),
     };
     Ok(HttpQueryResult {

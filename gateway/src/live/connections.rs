@@ -45,18 +45,32 @@ pub struct OutboundQueues {
 
 impl ConnHandle {
     /// A handle with a queue of `capacity` frames.
-    pub fn new(id: u64, capacity: usize, send_timeout: Duration, metrics: Metrics) -> (Arc<Self>, OutboundQueues) {
+    pub fn new(
+        id: u64,
+        capacity: usize,
+        send_timeout: Duration,
+        metrics: Metrics,
+    ) -> (Arc<Self>, OutboundQueues) {
         let (tx, frames) = mpsc::channel(capacity.max(1));
         let (close_tx, control) = mpsc::channel(1);
         (
-            Arc::new(ConnHandle { id, tx, close_tx, send_timeout, metrics }),
+            Arc::new(ConnHandle {
+                id,
+                tx,
+                close_tx,
+                send_timeout,
+                metrics,
+            }),
             OutboundQueues { frames, control },
         )
     }
 
     /// Encodes a message for this connection.
     fn encode(&self, message: &Message) -> Bytes {
-        self.metrics.messages_out.with_label_values(&[message.type_name()]).inc();
+        self.metrics
+            .messages_out
+            .with_label_values(&[message.type_name()])
+            .inc();
         Bytes::from(wire::encode(message))
     }
 
@@ -64,7 +78,11 @@ impl ConnHandle {
     /// connection. Returns false if the connection is gone.
     pub async fn reply(&self, message: &Message) -> bool {
         let frame = self.encode(message);
-        match self.tx.send_timeout(Outbound::Frame(frame), self.send_timeout).await {
+        match self
+            .tx
+            .send_timeout(Outbound::Frame(frame), self.send_timeout)
+            .await
+        {
             Ok(()) => true,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 self.close_slow("send timeout: client is not reading");
@@ -101,7 +119,9 @@ impl ConnHandle {
 
     /// Asks the writer to send a Close frame and stop (ahead of queued frames).
     pub fn close(&self, code: u16, reason: &str) {
-        let _ = self.close_tx.try_send(Outbound::Close(code, reason.to_string()));
+        let _ = self
+            .close_tx
+            .try_send(Outbound::Close(code, reason.to_string()));
     }
 
     /// Queues a Close behind the frames already queued (graceful: they are delivered first).

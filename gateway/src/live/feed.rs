@@ -6,8 +6,12 @@ use crate::state::Gateway;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use topgun_proto::grpc::sync::{ChangeEvent, EventType, SubscribeChangesRequest, SubscribeTopicsRequest};
-use topgun_proto::wire::{self, LwwRecord, Message, OrMapRecord, ServerEventPayload, ServerEventType, TopicMessagePayload};
+use topgun_proto::grpc::sync::{
+    ChangeEvent, EventType, SubscribeChangesRequest, SubscribeTopicsRequest,
+};
+use topgun_proto::wire::{
+    self, LwwRecord, Message, OrMapRecord, ServerEventPayload, ServerEventType, TopicMessagePayload,
+};
 
 /// Starts one feed consumer and one topic consumer per shard; they stop when `stop` flips.
 pub fn spawn_consumers(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
@@ -22,7 +26,11 @@ async fn consume_changes(gw: Arc<Gateway>, index: usize, mut stop: watch::Receiv
     let (mut epoch, mut next_seq) = (String::new(), 0u64);
     let mut backoff = Duration::from_millis(100);
     while !*stop.borrow() {
-        let request = SubscribeChangesRequest { map_names: vec![], from_seq: next_seq, epoch: epoch.clone() };
+        let request = SubscribeChangesRequest {
+            map_names: vec![],
+            from_seq: next_seq,
+            epoch: epoch.clone(),
+        };
         let mut client = shard.client();
         let stream = tokio::select! {
             r = client.subscribe_changes(request) => r,
@@ -91,10 +99,22 @@ fn dispatch(gw: &Gateway, event: ChangeEvent) {
     };
     match event_type {
         EventType::Put | EventType::Remove => {
-            let Some(record) = event.record.and_then(|r| LwwRecord::try_from(r).ok()) else { return };
+            let Some(record) = event.record.and_then(|r| LwwRecord::try_from(r).ok()) else {
+                return;
+            };
             let previous = event.previous.and_then(|r| LwwRecord::try_from(r).ok());
-            gw.queries.on_lww_change(&event.map_name, &event.key, previous.as_ref(), &record, writer_conn);
-            payload.event_type = if record.is_tombstone() { ServerEventType::Remove } else { ServerEventType::Put };
+            gw.queries.on_lww_change(
+                &event.map_name,
+                &event.key,
+                previous.as_ref(),
+                &record,
+                writer_conn,
+            );
+            payload.event_type = if record.is_tombstone() {
+                ServerEventType::Remove
+            } else {
+                ServerEventType::Put
+            };
             payload.record = Some(record);
         }
         EventType::OrAdd => {
@@ -111,10 +131,16 @@ fn dispatch(gw: &Gateway, event: ChangeEvent) {
     if recipients.is_empty() {
         return;
     }
-    let message = Message::ServerEvent { payload, timestamp: Some(gw.now()) };
+    let message = Message::ServerEvent {
+        payload,
+        timestamp: Some(gw.now()),
+    };
     let frame = bytes::Bytes::from(wire::encode(&message));
     for conn in recipients.iter().filter(|c| Some(c.id) != writer_conn) {
-        gw.metrics.messages_out.with_label_values(&["SERVER_EVENT"]).inc();
+        gw.metrics
+            .messages_out
+            .with_label_values(&["SERVER_EVENT"])
+            .inc();
         conn.push_encoded(frame.clone());
     }
 }
@@ -144,7 +170,11 @@ async fn consume_topics(gw: Arc<Gateway>, index: usize, mut stop: watch::Receive
                 _ = stop.changed() => return,
             };
             let Ok(Some(m)) = message else { break };
-            let publisher_conn = m.origin.as_ref().filter(|o| o.gateway_id == gw.gateway_id).map(|o| o.connection_id);
+            let publisher_conn = m
+                .origin
+                .as_ref()
+                .filter(|o| o.gateway_id == gw.gateway_id)
+                .map(|o| o.connection_id);
             let payload = TopicMessagePayload {
                 topic: m.topic,
                 data: wire::decode_value(&m.data).unwrap_or(rmpv::Value::Nil),

@@ -30,8 +30,21 @@ pub struct QuerySub {
 
 impl QuerySub {
     /// A subscription that buffers updates until [`QuerySub::go_live`].
-    pub fn new(query_id: String, map_name: String, plan: QueryPlan, fields: Option<Vec<String>>, conn: Arc<ConnHandle>) -> Self {
-        QuerySub { query_id, map_name, plan, fields, conn, pending: Mutex::new(Some(Vec::new())) }
+    pub fn new(
+        query_id: String,
+        map_name: String,
+        plan: QueryPlan,
+        fields: Option<Vec<String>>,
+        conn: Arc<ConnHandle>,
+    ) -> Self {
+        QuerySub {
+            query_id,
+            map_name,
+            plan,
+            fields,
+            conn,
+            pending: Mutex::new(Some(Vec::new())),
+        }
     }
 
     /// Call after QUERY_RESP is queued: flushes buffered updates and switches to direct push.
@@ -54,7 +67,12 @@ impl QuerySub {
     }
 
     /// ENTER / UPDATE / LEAVE for a change from `old` to `new` (None = absent/tombstone/expired).
-    fn evaluate(&self, key: &str, old: Option<&rmpv::Value>, new: Option<&rmpv::Value>) -> Option<Message> {
+    fn evaluate(
+        &self,
+        key: &str,
+        old: Option<&rmpv::Value>,
+        new: Option<&rmpv::Value>,
+    ) -> Option<Message> {
         let was = old.is_some_and(|v| self.plan.matches(v));
         let is = new.is_some_and(|v| self.plan.matches(v));
         let (change_type, value) = match (was, is, new) {
@@ -84,7 +102,11 @@ impl QueryRegistry {
     /// Adds a subscription, replacing one with the same id on the same connection.
     pub fn insert(&self, sub: Arc<QuerySub>) {
         self.remove(sub.conn.id, &sub.query_id);
-        self.by_map.write().entry(sub.map_name.clone()).or_default().push(sub);
+        self.by_map
+            .write()
+            .entry(sub.map_name.clone())
+            .or_default()
+            .push(sub);
     }
 
     /// Drops one subscription; unknown ids are ignored.

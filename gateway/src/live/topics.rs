@@ -17,7 +17,11 @@ pub struct TopicRegistry {
 impl TopicRegistry {
     /// Subscribes (idempotent).
     pub fn subscribe(&self, topic: &str, conn: Arc<ConnHandle>) {
-        self.by_topic.write().entry(topic.to_string()).or_default().insert(conn.id, conn);
+        self.by_topic
+            .write()
+            .entry(topic.to_string())
+            .or_default()
+            .insert(conn.id, conn);
     }
 
     /// Unsubscribes (no-op when not subscribed).

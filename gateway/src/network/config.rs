@@ -141,7 +141,10 @@ impl Default for SecurityConfig {
         SecurityConfig {
             require_auth: false,
             max_value_bytes: 0,
-            default_permissions: Permissions { read: true, write: true },
+            default_permissions: Permissions {
+                read: true,
+                write: true,
+            },
         }
     }
 }

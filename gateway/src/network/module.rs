@@ -71,7 +71,10 @@ impl NetworkModule {
             server: ServerConfig::default(),
             services: ServiceEndpoints::default(),
             jwt_secret: None,
-            admin: AdminCredentials { username: "admin".into(), password: None },
+            admin: AdminCredentials {
+                username: "admin".into(),
+                password: None,
+            },
             admin_dir: None,
             log: None,
             listener: None,
@@ -116,13 +119,18 @@ impl NetworkModule {
 
     /// Binds `host:port` and builds the state; returns the bound port.
     pub async fn start(&mut self) -> Result<u16, ModuleError> {
-        let token = TokenAttach::new(self.services.internal_token.as_deref()).map_err(ModuleError::Config)?;
+        let token = TokenAttach::new(self.services.internal_token.as_deref())
+            .map_err(ModuleError::Config)?;
         let timeout = Duration::from_millis(self.server.default_operation_timeout_ms);
-        let sync = SyncCluster::new(&self.services.sync_addrs, token.clone(), timeout).map_err(ModuleError::Config)?;
+        let sync = SyncCluster::new(&self.services.sync_addrs, token.clone(), timeout)
+            .map_err(ModuleError::Config)?;
         let search = if self.services.search_addrs.is_empty() {
             None
         } else {
-            Some(SearchReplicas::new(&self.services.search_addrs, token, timeout).map_err(ModuleError::Config)?)
+            Some(
+                SearchReplicas::new(&self.services.search_addrs, token, timeout)
+                    .map_err(ModuleError::Config)?,
+            )
         };
         let auth = match &self.jwt_secret {
             Some(secret) => Some(
@@ -134,7 +142,14 @@ impl NetworkModule {
         let listener = TcpListener::bind((self.config.host.as_str(), self.config.port)).await?;
         let port = listener.local_addr()?.port();
         self.config.port = port;
-        let gateway = Gateway::new(self.config.clone(), self.server.clone(), auth, sync, search, self.admin.clone());
+        let gateway = Gateway::new(
+            self.config.clone(),
+            self.server.clone(),
+            auth,
+            sync,
+            search,
+            self.admin.clone(),
+        );
         gateway.set_log_control(self.log.clone());
         self.listener = Some(listener);
         self.gateway = Some(gateway);
@@ -143,7 +158,10 @@ impl NetworkModule {
 
     /// Serves until `shutdown` resolves, then drains: readiness fails at once, every
     /// WebSocket gets Close 1000 "server shutting down", in-flight work gets up to 30 s.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ModuleError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ModuleError> {
         let (Some(listener), Some(gw)) = (self.listener, self.gateway) else {
             return Err(ModuleError::NotStarted);
         };
@@ -168,12 +186,18 @@ impl NetworkModule {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             if drain_gw.in_flight() > 0 {
-                tracing::warn!(in_flight = drain_gw.in_flight(), "drain grace period expired");
+                tracing::warn!(
+                    in_flight = drain_gw.in_flight(),
+                    "drain grace period expired"
+                );
             }
         };
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(drain)
-            .await?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(drain)
+        .await?;
         let _ = stop_tx.send(true);
         if gw.in_flight() == 0 {
             gw.advance(LifecycleState::Stopped);
@@ -191,7 +215,11 @@ async fn track_shards(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
         if answered == gw.sync.shards().len() && following {
             gw.advance(LifecycleState::Ready);
         }
-        let pause = if gw.state() == LifecycleState::Starting { Duration::from_millis(200) } else { Duration::from_secs(2) };
+        let pause = if gw.state() == LifecycleState::Starting {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(2)
+        };
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
@@ -214,8 +242,14 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
         .route("/api/auth/login", post(admin::login))
         .route("/api/admin/cluster/status", get(admin::cluster_status))
         .route("/api/admin/maps", get(admin::maps))
-        .route("/api/admin/settings", get(admin::get_settings).put(admin::put_settings))
-        .route("/api/admin/policies", get(admin::list_policies).post(admin::create_policy))
+        .route(
+            "/api/admin/settings",
+            get(admin::get_settings).put(admin::put_settings),
+        )
+        .route(
+            "/api/admin/policies",
+            get(admin::list_policies).post(admin::create_policy),
+        )
         .route("/api/admin/policies/{id}", delete(admin::delete_policy))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw);

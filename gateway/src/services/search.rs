@@ -49,12 +49,19 @@ impl SearchReplicas {
                     .tcp_nodelay(true);
                 Ok(Arc::new(Replica {
                     addr: addr.clone(),
-                    client: SearchServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone()),
+                    client: SearchServiceClient::with_interceptor(
+                        endpoint.connect_lazy(),
+                        token.clone(),
+                    ),
                     healthy: AtomicBool::new(true),
                 }))
             })
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(SearchReplicas { replicas, next: AtomicUsize::new(0), timeout })
+        Ok(SearchReplicas {
+            replicas,
+            next: AtomicUsize::new(0),
+            timeout,
+        })
     }
 
     /// Every replica.
@@ -66,7 +73,9 @@ impl SearchReplicas {
     fn rotation(&self) -> Vec<Arc<Replica>> {
         let n = self.replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<Arc<Replica>> = (0..n).map(|i| self.replicas[(start + i) % n].clone()).collect();
+        let mut order: Vec<Arc<Replica>> = (0..n)
+            .map(|i| self.replicas[(start + i) % n].clone())
+            .collect();
         order.sort_by_key(|r| !r.is_healthy());
         order
     }
@@ -95,7 +104,10 @@ impl SearchReplicas {
     }
 
     /// Opens a live search on the first replica that accepts it.
-    pub async fn subscribe(&self, request: SearchRequest) -> Result<(Arc<Replica>, tonic::Streaming<SearchEvent>), tonic::Status> {
+    pub async fn subscribe(
+        &self,
+        request: SearchRequest,
+    ) -> Result<(Arc<Replica>, tonic::Streaming<SearchEvent>), tonic::Status> {
         let mut last = tonic::Status::unavailable("no search replica configured");
         for replica in self.rotation() {
             let mut req = tonic::Request::new(request.clone());

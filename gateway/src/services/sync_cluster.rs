@@ -84,9 +84,10 @@ impl SyncCluster {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_while_idle(true);
-                let client = SyncServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone())
-                    .max_decoding_message_size(256 * 1024 * 1024)
-                    .max_encoding_message_size(256 * 1024 * 1024);
+                let client =
+                    SyncServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+                        .max_decoding_message_size(256 * 1024 * 1024)
+                        .max_encoding_message_size(256 * 1024 * 1024);
                 Ok(Arc::new(Shard {
                     addr: addr.clone(),
                     client,
@@ -97,8 +98,14 @@ impl SyncCluster {
             })
             .collect::<Result<Vec<_>, String>>()?;
         let count = shards.len() as u32;
-        let table = (0..PARTITION_COUNT).map(|p| shard_of_partition(p, count) as usize).collect();
-        Ok(SyncCluster { shards, table: RwLock::new(table), timeout })
+        let table = (0..PARTITION_COUNT)
+            .map(|p| shard_of_partition(p, count) as usize)
+            .collect();
+        Ok(SyncCluster {
+            shards,
+            table: RwLock::new(table),
+            timeout,
+        })
     }
 
     /// Every shard.
@@ -118,7 +125,11 @@ impl SyncCluster {
 
     /// Index of the shard that owns `partition`.
     pub fn shard_for_partition(&self, partition: u32) -> usize {
-        self.table.read().get(partition as usize).copied().unwrap_or(0)
+        self.table
+            .read()
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The partition table as (partition, shard index).

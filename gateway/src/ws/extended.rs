@@ -16,16 +16,27 @@ fn not_implemented(family: &str) -> GatewayError {
 }
 
 pub(super) async fn handle(s: &Session, message: Message) {
-    let failed = |error: &str| EntryProcessOutcome { success: false, result: None, new_value: None, error: Some(error.to_string()) };
+    let failed = |error: &str| EntryProcessOutcome {
+        success: false,
+        result: None,
+        new_value: None,
+        error: Some(error.to_string()),
+    };
     let reply = match message {
         Message::EntryProcess(m) => Message::EntryProcessResponse(EntryProcessResponse {
             request_id: m.request_id,
             outcome: failed(ENTRY_PROCESSING),
         }),
-        Message::EntryProcessBatch(m) => Message::EntryProcessBatchResponse(EntryProcessBatchResponse {
-            request_id: m.request_id,
-            results: m.keys.into_iter().map(|k| (k, failed(ENTRY_PROCESSING))).collect(),
-        }),
+        Message::EntryProcessBatch(m) => {
+            Message::EntryProcessBatchResponse(EntryProcessBatchResponse {
+                request_id: m.request_id,
+                results: m
+                    .keys
+                    .into_iter()
+                    .map(|k| (k, failed(ENTRY_PROCESSING)))
+                    .collect(),
+            })
+        }
         Message::RegisterResolver(m) => Message::RegisterResolverResponse(ResolverResponse {
             request_id: m.request_id,
             success: false,
@@ -37,9 +48,10 @@ pub(super) async fn handle(s: &Session, message: Message) {
             error: Some(RESOLVERS.into()),
         }),
         // No resolver can be registered, so the list is truthfully empty.
-        Message::ListResolvers(m) => {
-            Message::ListResolversResponse(ListResolversResponse { request_id: m.request_id, resolvers: vec![] })
-        }
+        Message::ListResolvers(m) => Message::ListResolversResponse(ListResolversResponse {
+            request_id: m.request_id,
+            resolvers: vec![],
+        }),
         Message::HybridSearch { payload } => Message::HybridSearchResp {
             payload: HybridSearchRespPayload {
                 request_id: payload.request_id.unwrap_or_default(),
@@ -66,11 +78,22 @@ pub(super) async fn handle(s: &Session, message: Message) {
             },
         },
         Message::SqlQuery { payload } => Message::SqlQueryResp {
-            payload: SqlQueryRespPayload { query_id: payload.query_id, columns: vec![], rows: vec![], error: Some("SqlNotEnabled".into()) },
+            payload: SqlQueryRespPayload {
+                query_id: payload.query_id,
+                columns: vec![],
+                rows: vec![],
+                error: Some("SqlNotEnabled".into()),
+            },
         },
-        Message::LockRequest { .. } | Message::LockRelease { .. } => not_implemented("locks").to_message(),
-        Message::CounterRequest { .. } | Message::CounterSync { .. } => not_implemented("counters").to_message(),
-        Message::JournalSubscribe(_) | Message::JournalRead(_) => not_implemented("event journal").to_message(),
+        Message::LockRequest { .. } | Message::LockRelease { .. } => {
+            not_implemented("locks").to_message()
+        }
+        Message::CounterRequest { .. } | Message::CounterSync { .. } => {
+            not_implemented("counters").to_message()
+        }
+        Message::JournalSubscribe(_) | Message::JournalRead(_) => {
+            not_implemented("event journal").to_message()
+        }
         // Unsubscribes and client-only hybrid queries need no answer (§1.10, §2.5).
         Message::JournalUnsubscribe(_)
         | Message::HybridSearchUnsub { .. }
@@ -78,7 +101,11 @@ pub(super) async fn handle(s: &Session, message: Message) {
         | Message::HybridQueryUnsubscribe { .. } => return,
         // Server-to-client and server-to-server types arriving from a client are ignored.
         other => {
-            tracing::debug!(conn = s.conn.id, message_type = other.type_name(), "ignoring message not meant for a server");
+            tracing::debug!(
+                conn = s.conn.id,
+                message_type = other.type_name(),
+                "ignoring message not meant for a server"
+            );
             return;
         }
     };

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 use topgun_proto::grpc::common::{KeyState, MapKind};
 use topgun_proto::hlc::wall_clock_ms;
 use topgun_proto::wire::{
-    LeafRecord, LwwRecord, MerkleReqBucketPayload, Message, OrMapDiffRequestPayload, OrMapEntriesPayload,
-    OrMapEntry, OrMapRecord, OrMapSyncInit, OrMapSyncRespLeafPayload, SyncInit, SyncResetRequiredPayload,
-    SyncRespBucketsPayload, SyncRespLeafPayload, SyncRespRootPayload,
+    LeafRecord, LwwRecord, MerkleReqBucketPayload, Message, OrMapDiffRequestPayload,
+    OrMapEntriesPayload, OrMapEntry, OrMapRecord, OrMapSyncInit, OrMapSyncRespLeafPayload,
+    SyncInit, SyncResetRequiredPayload, SyncRespBucketsPayload, SyncRespLeafPayload,
+    SyncRespRootPayload,
 };
 
 /// Tombstones older than this are pruned; a client that last synced before it may have
@@ -35,7 +36,11 @@ pub(super) async fn sync_init(s: &Session, m: SyncInit) {
     }
     match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Lww).await {
         Ok(root_hash) => {
-            let payload = SyncRespRootPayload { map_name: m.map_name, root_hash, timestamp: s.gw.now() };
+            let payload = SyncRespRootPayload {
+                map_name: m.map_name,
+                root_hash,
+                timestamp: s.gw.now(),
+            };
             s.send(Message::SyncRespRoot { payload }).await
         }
         Err(err) => s.send_error(&err).await,
@@ -47,11 +52,20 @@ pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
         return s.send_error(&err).await;
     }
     if !scatter::valid_merkle_path(&p.path) {
-        return s.send_error(&GatewayError::BadRequest(format!("invalid Merkle path {:?}", p.path))).await;
+        return s
+            .send_error(&GatewayError::BadRequest(format!(
+                "invalid Merkle path {:?}",
+                p.path
+            )))
+            .await;
     }
     match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Lww, &p.path).await {
         Ok(MerkleAnswer::Buckets(buckets)) => {
-            let payload = SyncRespBucketsPayload { map_name: p.map_name, path: p.path, buckets };
+            let payload = SyncRespBucketsPayload {
+                map_name: p.map_name,
+                path: p.path,
+                buckets,
+            };
             s.send(Message::SyncRespBuckets { payload }).await
         }
         Ok(MerkleAnswer::Leaf(entries)) => {
@@ -63,7 +77,11 @@ pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
                 })
                 .collect();
             for chunk in records.chunks(LEAF_CHUNK) {
-                let payload = SyncRespLeafPayload { map_name: p.map_name.clone(), path: p.path.clone(), records: chunk.to_vec() };
+                let payload = SyncRespLeafPayload {
+                    map_name: p.map_name.clone(),
+                    path: p.path.clone(),
+                    records: chunk.to_vec(),
+                };
                 s.send(Message::SyncRespLeaf { payload }).await;
             }
         }
@@ -77,7 +95,11 @@ pub(super) async fn or_sync_init(s: &Session, m: OrMapSyncInit) {
     }
     match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Or).await {
         Ok(root_hash) => {
-            let payload = SyncRespRootPayload { map_name: m.map_name, root_hash, timestamp: s.gw.now() };
+            let payload = SyncRespRootPayload {
+                map_name: m.map_name,
+                root_hash,
+                timestamp: s.gw.now(),
+            };
             s.send(Message::OrMapSyncRespRoot { payload }).await
         }
         Err(err) => s.send_error(&err).await,
@@ -88,7 +110,11 @@ pub(super) async fn or_sync_init(s: &Session, m: OrMapSyncInit) {
 pub(crate) fn or_entry(state: KeyState) -> OrMapEntry {
     OrMapEntry {
         key: state.key,
-        records: state.or_records.into_iter().filter_map(|r| OrMapRecord::try_from(r).ok()).collect(),
+        records: state
+            .or_records
+            .into_iter()
+            .filter_map(|r| OrMapRecord::try_from(r).ok())
+            .collect(),
         tombstones: state.or_tombstones,
     }
 }
@@ -98,17 +124,30 @@ pub(super) async fn or_bucket(s: &Session, p: MerkleReqBucketPayload) {
         return s.send_error(&err).await;
     }
     if !scatter::valid_merkle_path(&p.path) {
-        return s.send_error(&GatewayError::BadRequest(format!("invalid Merkle path {:?}", p.path))).await;
+        return s
+            .send_error(&GatewayError::BadRequest(format!(
+                "invalid Merkle path {:?}",
+                p.path
+            )))
+            .await;
     }
     match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Or, &p.path).await {
         Ok(MerkleAnswer::Buckets(buckets)) => {
-            let payload = SyncRespBucketsPayload { map_name: p.map_name, path: p.path, buckets };
+            let payload = SyncRespBucketsPayload {
+                map_name: p.map_name,
+                path: p.path,
+                buckets,
+            };
             s.send(Message::OrMapSyncRespBuckets { payload }).await
         }
         Ok(MerkleAnswer::Leaf(entries)) => {
             let entries: Vec<OrMapEntry> = entries.into_iter().map(or_entry).collect();
             for chunk in entries.chunks(LEAF_CHUNK) {
-                let payload = OrMapSyncRespLeafPayload { map_name: p.map_name.clone(), path: p.path.clone(), entries: chunk.to_vec() };
+                let payload = OrMapSyncRespLeafPayload {
+                    map_name: p.map_name.clone(),
+                    path: p.path.clone(),
+                    entries: chunk.to_vec(),
+                };
                 s.send(Message::OrMapSyncRespLeaf { payload }).await;
             }
         }
@@ -122,17 +161,29 @@ pub(super) async fn or_diff(s: &Session, p: OrMapDiffRequestPayload) {
     }
     match scatter::get_records(&s.gw, &p.map_name, MapKind::Or, &p.keys).await {
         Ok(states) => {
-            let mut found: HashMap<String, OrMapEntry> =
-                states.into_iter().map(|st| (st.key.clone(), or_entry(st))).collect();
+            let mut found: HashMap<String, OrMapEntry> = states
+                .into_iter()
+                .map(|st| (st.key.clone(), or_entry(st)))
+                .collect();
             // One entry per requested key; unknown keys get empty records.
             let entries = p
                 .keys
                 .iter()
                 .map(|k| {
-                    found.remove(k).unwrap_or_else(|| OrMapEntry { key: k.clone(), records: vec![], tombstones: vec![] })
+                    found.remove(k).unwrap_or_else(|| OrMapEntry {
+                        key: k.clone(),
+                        records: vec![],
+                        tombstones: vec![],
+                    })
                 })
                 .collect();
-            s.send(Message::OrMapDiffResponse { payload: OrMapEntriesPayload { map_name: p.map_name, entries } }).await
+            s.send(Message::OrMapDiffResponse {
+                payload: OrMapEntriesPayload {
+                    map_name: p.map_name,
+                    entries,
+                },
+            })
+            .await
         }
         Err(err) => s.send_error(&err).await,
     }

@@ -26,9 +26,17 @@ use topgun_proto::wire::{AuthRequired, Message};
 const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Axum handler: upgrades and runs the connection.
-pub async fn upgrade(State(gw): State<Arc<Gateway>>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+pub async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
     if gw.state() >= LifecycleState::Draining {
-        return (http::StatusCode::SERVICE_UNAVAILABLE, "server shutting down").into_response();
+        return (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "server shutting down",
+        )
+            .into_response();
     }
     let limits = gw.network.connection.clone();
     let host = headers
@@ -45,7 +53,12 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, headers: HeaderMap, ws: Web
 
 async fn run(gw: Arc<Gateway>, socket: WebSocket, host: String) {
     let limits = gw.network.connection.clone();
-    let (conn, queues) = ConnHandle::new(gw.next_conn_id(), limits.outbound_channel_capacity, limits.send_timeout, gw.metrics.clone());
+    let (conn, queues) = ConnHandle::new(
+        gw.next_conn_id(),
+        limits.outbound_channel_capacity,
+        limits.send_timeout,
+        gw.metrics.clone(),
+    );
     gw.connections.insert(conn.clone());
     gw.metrics.active_connections.inc();
     let (sink, mut stream) = socket.split();
@@ -97,7 +110,10 @@ async fn run(gw: Arc<Gateway>, socket: WebSocket, host: String) {
 
 fn is_capacity_error(err: &axum::Error) -> bool {
     let text = err.to_string();
-    text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") || text.contains("capacity")
+    text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+        || text.contains("capacity")
 }
 
 async fn write_loop(
@@ -114,14 +130,20 @@ async fn write_loop(
         let Some(out) = next else { break };
         match out {
             Outbound::Frame(bytes) => {
-                let sent = tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await;
+                let sent =
+                    tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await;
                 if !matches!(sent, Ok(Ok(()))) {
                     break;
                 }
             }
             Outbound::Close(code, reason) => {
-                let frame = CloseFrame { code, reason: reason.into() };
-                let _ = tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(Some(frame)))).await;
+                let frame = CloseFrame {
+                    code,
+                    reason: reason.into(),
+                };
+                let _ =
+                    tokio::time::timeout(send_timeout, sink.send(WsMessage::Close(Some(frame))))
+                        .await;
                 break;
             }
         }

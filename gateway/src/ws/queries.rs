@@ -24,14 +24,21 @@ fn empty_response(query_id: &str) -> Message {
 }
 
 pub(super) async fn subscribe(s: &Session, p: QuerySubPayload) {
-    let check = validate_map_name(&p.map_name).and_then(|_| s.gw.check_read(s.principal(), &p.map_name));
+    let check =
+        validate_map_name(&p.map_name).and_then(|_| s.gw.check_read(s.principal(), &p.map_name));
     if let Err(err) = check {
         // An empty QUERY_RESP is harmless to the client; the ERROR says why.
         s.send(empty_response(&p.query_id)).await;
         return s.send_error(&err).await;
     }
     let plan = QueryPlan::from_query(&p.query);
-    let sub = Arc::new(QuerySub::new(p.query_id.clone(), p.map_name.clone(), plan.clone(), p.fields.clone(), s.conn.clone()));
+    let sub = Arc::new(QuerySub::new(
+        p.query_id.clone(),
+        p.map_name.clone(),
+        plan.clone(),
+        p.fields.clone(),
+        s.conn.clone(),
+    ));
     s.gw.queries.insert(sub.clone());
 
     let (after, cursor_status) = match &p.query.cursor {
@@ -43,7 +50,16 @@ pub(super) async fn subscribe(s: &Session, p: QuerySubPayload) {
     };
     let max = s.gw.server.read().max_query_records as usize;
     let limit = p.query.limit.map(|l| (l as usize).min(max)).unwrap_or(max);
-    match scatter::run_query(&s.gw, &p.map_name, &p.query, &plan, Some(limit), after.as_ref()).await {
+    match scatter::run_query(
+        &s.gw,
+        &p.map_name,
+        &p.query,
+        &plan,
+        Some(limit),
+        after.as_ref(),
+    )
+    .await
+    {
         Ok(page) => {
             let next_cursor = match (&page.last, page.has_more) {
                 (Some(last), true) => Some(query_cursor::encode(last, &p.query)),
@@ -52,7 +68,10 @@ pub(super) async fn subscribe(s: &Session, p: QuerySubPayload) {
             let results = page
                 .rows
                 .into_iter()
-                .map(|(key, value)| QueryResultRow { key, value: project(p.fields.as_deref(), &value) })
+                .map(|(key, value)| QueryResultRow {
+                    key,
+                    value: project(p.fields.as_deref(), &value),
+                })
                 .collect();
             let payload = QueryRespPayload {
                 query_id: p.query_id,

@@ -3,18 +3,23 @@
 
 use super::session::Session;
 use crate::error::GatewayError;
-use crate::state::Gateway;
 use crate::live::connections::ConnHandle;
+use crate::state::Gateway;
 use std::sync::Arc;
 use std::time::Duration;
 use topgun_proto::grpc::search::{search_event, ChangeType as PbChange, SearchHit, SearchRequest};
-use topgun_proto::wire::{self, ChangeType, Message, SearchOptions, SearchPayload, SearchRespPayload, SearchResult, SearchSubPayload, SearchUpdatePayload};
+use topgun_proto::wire::{
+    self, ChangeType, Message, SearchOptions, SearchPayload, SearchRespPayload, SearchResult,
+    SearchSubPayload, SearchUpdatePayload,
+};
 
 fn request(map_name: &str, query: &str, options: Option<&SearchOptions>) -> SearchRequest {
     SearchRequest {
         map_name: map_name.to_string(),
         query: query.to_string(),
-        limit: options.and_then(|o| o.limit).map_or(10, |l| l.min(10_000) as u32),
+        limit: options
+            .and_then(|o| o.limit)
+            .map_or(10, |l| l.min(10_000) as u32),
         min_score: options.and_then(|o| o.min_score),
     }
 }
@@ -30,12 +35,27 @@ fn to_result(hit: SearchHit) -> SearchResult {
 
 fn response(request_id: String, results: Vec<SearchResult>, error: Option<String>) -> Message {
     let total_count = results.len() as u64;
-    Message::SearchResp { payload: SearchRespPayload { request_id, results, total_count, error } }
+    Message::SearchResp {
+        payload: SearchRespPayload {
+            request_id,
+            results,
+            total_count,
+            error,
+        },
+    }
 }
 
 /// Runs one search for HTTP and WebSocket callers alike.
-pub(crate) async fn run(gw: &Gateway, map_name: &str, query: &str, options: Option<&SearchOptions>) -> Result<Vec<SearchResult>, GatewayError> {
-    let replicas = gw.search.as_ref().ok_or_else(|| GatewayError::NotImplemented("search service not configured".into()))?;
+pub(crate) async fn run(
+    gw: &Gateway,
+    map_name: &str,
+    query: &str,
+    options: Option<&SearchOptions>,
+) -> Result<Vec<SearchResult>, GatewayError> {
+    let replicas = gw
+        .search
+        .as_ref()
+        .ok_or_else(|| GatewayError::NotImplemented("search service not configured".into()))?;
     let resp = replicas
         .search(request(map_name, query, options))
         .await
@@ -45,21 +65,34 @@ pub(crate) async fn run(gw: &Gateway, map_name: &str, query: &str, options: Opti
 
 pub(super) async fn search(s: &Session, p: SearchPayload) {
     if s.gw.check_read(s.principal(), &p.map_name).is_err() {
-        return s.send(response(p.request_id, vec![], Some("Forbidden".into()))).await;
+        return s
+            .send(response(p.request_id, vec![], Some("Forbidden".into())))
+            .await;
     }
     match run(&s.gw, &p.map_name, &p.query, p.options.as_ref()).await {
         Ok(results) => s.send(response(p.request_id, results, None)).await,
-        Err(err) => s.send(response(p.request_id, vec![], Some(err.to_string()))).await,
+        Err(err) => {
+            s.send(response(p.request_id, vec![], Some(err.to_string())))
+                .await
+        }
     }
 }
 
 pub(super) async fn subscribe(s: &mut Session, p: SearchSubPayload) {
     if s.gw.check_read(s.principal(), &p.map_name).is_err() {
-        return s.send(response(p.subscription_id, vec![], Some("Forbidden".into()))).await;
+        return s
+            .send(response(
+                p.subscription_id,
+                vec![],
+                Some("Forbidden".into()),
+            ))
+            .await;
     }
     if s.gw.search.is_none() {
         let err = GatewayError::NotImplemented("search service not configured".into());
-        return s.send(response(p.subscription_id, vec![], Some(err.to_string()))).await;
+        return s
+            .send(response(p.subscription_id, vec![], Some(err.to_string())))
+            .await;
     }
     unsubscribe(s, &p.subscription_id);
     let task = tokio::spawn(forward(s.gw.clone(), s.conn.clone(), p.clone()));
@@ -76,7 +109,9 @@ pub(super) fn unsubscribe(s: &mut Session, subscription_id: &str) {
 /// Keeps one live search alive: initial results as SEARCH_RESP, changes as SEARCH_UPDATE;
 /// when the replica dies, re-subscribes on another and re-sends the result set.
 async fn forward(gw: Arc<Gateway>, conn: Arc<ConnHandle>, p: SearchSubPayload) {
-    let Some(replicas) = gw.search.as_ref() else { return };
+    let Some(replicas) = gw.search.as_ref() else {
+        return;
+    };
     let req = request(&p.map_name, &p.query, p.options.as_ref());
     let mut backoff = Duration::from_millis(100);
     loop {

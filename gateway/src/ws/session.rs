@@ -47,8 +47,18 @@ pub struct Session {
 impl Session {
     /// A session; in no-auth mode it starts authenticated.
     pub fn new(gw: Arc<Gateway>, conn: Arc<ConnHandle>, host: String) -> Self {
-        let auth = if gw.auth.is_some() { AuthState::Unauthenticated } else { AuthState::Authenticated(None) };
-        Session { gw, conn, auth, host, search_subs: HashMap::new() }
+        let auth = if gw.auth.is_some() {
+            AuthState::Unauthenticated
+        } else {
+            AuthState::Authenticated(None)
+        };
+        Session {
+            gw,
+            conn,
+            auth,
+            host,
+            search_subs: HashMap::new(),
+        }
     }
 
     pub(super) fn principal(&self) -> Option<&Principal> {
@@ -94,7 +104,11 @@ impl Session {
                     DecodeError::UnknownType(_) => "unknown_type",
                     DecodeError::Invalid { .. } => "invalid",
                 };
-                self.gw.metrics.bad_frames.with_label_values(&[reason]).inc();
+                self.gw
+                    .metrics
+                    .bad_frames
+                    .with_label_values(&[reason])
+                    .inc();
                 tracing::debug!(conn = self.conn.id, error = %err, "bad frame");
                 let text = match err {
                     DecodeError::UnknownType(t) => format!("Unknown message type: {t}"),
@@ -104,20 +118,34 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        self.gw.metrics.messages_in.with_label_values(&[message.type_name()]).inc();
+        self.gw
+            .metrics
+            .messages_in
+            .with_label_values(&[message.type_name()])
+            .inc();
         self.dispatch(message).await
     }
 
     async fn dispatch(&mut self, message: Message) -> Flow {
         match (&self.auth, message) {
             (_, Message::Ping(ping)) => {
-                self.send(Message::Pong(Pong { timestamp: ping.timestamp, server_time: wall_clock_ms() })).await;
+                self.send(Message::Pong(Pong {
+                    timestamp: ping.timestamp,
+                    server_time: wall_clock_ms(),
+                }))
+                .await;
                 Flow::Continue
             }
-            (AuthState::Unauthenticated, Message::Auth(auth)) => self.authenticate(&auth.token).await,
+            (AuthState::Unauthenticated, Message::Auth(auth)) => {
+                self.authenticate(&auth.token).await
+            }
             // No-auth mode with a token-holding client: it waits for AUTH_ACK (core.md §2.8).
             (AuthState::Authenticated(None), Message::Auth(_)) if self.gw.auth.is_none() => {
-                self.send(Message::AuthAck(AuthAck { protocol_version: Some(1), user_id: None })).await;
+                self.send(Message::AuthAck(AuthAck {
+                    protocol_version: Some(1),
+                    user_id: None,
+                }))
+                .await;
                 Flow::Continue
             }
             // A second AUTH on an authenticated connection is ignored silently.
@@ -132,12 +160,18 @@ impl Session {
     }
 
     async fn authenticate(&mut self, token: &str) -> Flow {
-        let Some(verifier) = &self.gw.auth else { return Flow::Continue };
+        let Some(verifier) = &self.gw.auth else {
+            return Flow::Continue;
+        };
         match verifier.verify(token) {
             Ok(principal) => {
                 let user_id = Some(principal.id.clone());
                 self.auth = AuthState::Authenticated(Some(principal));
-                self.send(Message::AuthAck(AuthAck { protocol_version: Some(1), user_id })).await;
+                self.send(Message::AuthAck(AuthAck {
+                    protocol_version: Some(1),
+                    user_id,
+                }))
+                .await;
                 Flow::Continue
             }
             Err(err) => {
@@ -147,7 +181,11 @@ impl Session {
                 } else {
                     "Authentication failed".to_string()
                 };
-                self.send(Message::AuthFail(AuthFail { error: Some(error), code: Some(401) })).await;
+                self.send(Message::AuthFail(AuthFail {
+                    error: Some(error),
+                    code: Some(401),
+                }))
+                .await;
                 self.conn.close_after_pending(4001, "Unauthorized").await;
                 Flow::Stop
             }
@@ -157,10 +195,12 @@ impl Session {
     async fn dispatch_authenticated(&mut self, message: Message) {
         match message {
             Message::OpBatch { payload } => {
-                self.write_batch(&payload.ops, payload.write_concern, true).await
+                self.write_batch(&payload.ops, payload.write_concern, true)
+                    .await
             }
             Message::ClientOp { payload } => {
-                self.write_batch(std::slice::from_ref(&payload), None, false).await
+                self.write_batch(std::slice::from_ref(&payload), None, false)
+                    .await
             }
             Message::SyncInit(m) => merkle::sync_init(self, m).await,
             Message::MerkleReqBucket { payload } => merkle::lww_bucket(self, payload).await,
@@ -169,14 +209,18 @@ impl Session {
             Message::OrMapDiffRequest { payload } => merkle::or_diff(self, payload).await,
             Message::OrMapPushDiff { payload } => merkle::or_push(self, payload).await,
             Message::QuerySub { payload } => queries::subscribe(self, payload).await,
-            Message::QueryUnsub { payload } => self.gw.queries.remove(self.conn.id, &payload.query_id),
+            Message::QueryUnsub { payload } => {
+                self.gw.queries.remove(self.conn.id, &payload.query_id)
+            }
             // Ignored on purpose: QUERY_SUB already delivered a full snapshot (§1.8).
             Message::QuerySyncInit { .. } => {}
             Message::Search { payload } => search::search(self, payload).await,
             Message::SearchSub { payload } => search::subscribe(self, payload).await,
             Message::SearchUnsub { payload } => search::unsubscribe(self, &payload.subscription_id),
             Message::TopicSub { payload } => self.topic_sub(&payload.topic).await,
-            Message::TopicUnsub { payload } => self.gw.topics.unsubscribe(&payload.topic, self.conn.id),
+            Message::TopicUnsub { payload } => {
+                self.gw.topics.unsubscribe(&payload.topic, self.conn.id)
+            }
             Message::TopicPub { payload } => self.topic_pub(payload.topic, payload.data).await,
             Message::PartitionMapRequest { payload } => {
                 let current = payload.and_then(|p| p.current_version).unwrap_or(0);
@@ -190,7 +234,12 @@ impl Session {
     }
 
     /// OP_BATCH (`ack_last = true`) or CLIENT_OP: validate all, apply all, then one OP_ACK.
-    async fn write_batch(&mut self, ops: &[ClientOp], batch_concern: Option<WriteConcern>, is_batch: bool) {
+    async fn write_batch(
+        &mut self,
+        ops: &[ClientOp],
+        batch_concern: Option<WriteConcern>,
+        is_batch: bool,
+    ) {
         if ops.is_empty() {
             return;
         }
@@ -209,11 +258,22 @@ impl Session {
                     } else {
                         format!("batch rejected: {}", rejection.error)
                     };
-                    self.send(Message::OpRejected { payload: OpRejectedPayload { op_id: id.clone(), reason, code: Some(code) } }).await;
+                    self.send(Message::OpRejected {
+                        payload: OpRejectedPayload {
+                            op_id: id.clone(),
+                            reason,
+                            code: Some(code),
+                        },
+                    })
+                    .await;
                 }
                 if is_batch {
                     if let Some(last_id) = ops.last().and_then(|op| op.id.clone()) {
-                        let ack = OpAckPayload { last_id, achieved_level: Some(WriteConcern::FireAndForget), results: None };
+                        let ack = OpAckPayload {
+                            last_id,
+                            achieved_level: Some(WriteConcern::FireAndForget),
+                            results: None,
+                        };
                         self.send(Message::OpAck { payload: ack }).await;
                     }
                 }
@@ -222,9 +282,15 @@ impl Session {
         };
         match writes::apply(&self.gw, valid, &writer).await {
             Ok(applied) => {
-                let Some(last_id) = ops.last().and_then(|op| op.id.clone()) else { return };
+                let Some(last_id) = ops.last().and_then(|op| op.id.clone()) else {
+                    return;
+                };
                 let results = applied.results_needed.then_some(applied.results);
-                let ack = OpAckPayload { last_id, achieved_level: Some(applied.achieved), results };
+                let ack = OpAckPayload {
+                    last_id,
+                    achieved_level: Some(applied.achieved),
+                    results,
+                };
                 self.send(Message::OpAck { payload: ack }).await;
             }
             // No OP_ACK: the client keeps the ops and re-sends them (idempotent merges).
@@ -234,7 +300,10 @@ impl Session {
 
     async fn topic_sub(&mut self, topic: &str) {
         if !wire::is_valid_topic_name(topic) {
-            self.send_error(&GatewayError::BadRequest(format!("invalid topic name: {topic:?}"))).await;
+            self.send_error(&GatewayError::BadRequest(format!(
+                "invalid topic name: {topic:?}"
+            )))
+            .await;
             return;
         }
         self.gw.topics.subscribe(topic, self.conn.clone());
@@ -242,7 +311,10 @@ impl Session {
 
     async fn topic_pub(&mut self, topic: String, data: rmpv::Value) {
         if !wire::is_valid_topic_name(&topic) {
-            self.send_error(&GatewayError::BadRequest(format!("invalid topic name: {topic:?}"))).await;
+            self.send_error(&GatewayError::BadRequest(format!(
+                "invalid topic name: {topic:?}"
+            )))
+            .await;
             return;
         }
         if let Err(err) = self.gw.check_write(self.principal(), &topic, &data) {
@@ -261,14 +333,21 @@ impl Session {
             publisher_id: self.principal().map(|p| p.id.clone()),
         });
         if let Err(status) = shard.client().publish_topic(request).await {
-            self.send_error(&GatewayError::from_status(&status, self.gw.operation_timeout_ms())).await;
+            self.send_error(&GatewayError::from_status(
+                &status,
+                self.gw.operation_timeout_ms(),
+            ))
+            .await;
         }
     }
 
     /// Client BATCH envelopes (never sent by the TS client) use the same LE layout.
     async fn client_batch(&mut self, data: &[u8]) {
         let Some(inner) = batch::unpack_batch_data(data) else {
-            self.send_error(&GatewayError::BadRequest("Invalid message format: truncated BATCH".into())).await;
+            self.send_error(&GatewayError::BadRequest(
+                "Invalid message format: truncated BATCH".into(),
+            ))
+            .await;
             return;
         };
         let frames: Vec<Vec<u8>> = inner.into_iter().map(<[u8]>::to_vec).collect();
@@ -283,8 +362,16 @@ impl Session {
     /// This gateway as the single endpoint owning all partitions (core.md §7.3).
     fn partition_map(&self) -> Message {
         let node_id = self.gw.node_id();
-        let scheme = if self.gw.network.tls.is_some() { "wss" } else { "ws" };
-        let http_scheme = if self.gw.network.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.gw.network.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        let http_scheme = if self.gw.network.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Message::PartitionMap {
             payload: PartitionMapPayload {
                 version: 1,
@@ -298,7 +385,11 @@ impl Session {
                     status: "ACTIVE".into(),
                 }],
                 partitions: (0..PARTITION_COUNT)
-                    .map(|p| PartitionInfo { partition_id: p, owner_node_id: node_id.clone(), backup_node_ids: vec![] })
+                    .map(|p| PartitionInfo {
+                        partition_id: p,
+                        owner_node_id: node_id.clone(),
+                        backup_node_ids: vec![],
+                    })
                     .collect(),
                 generated_at: wall_clock_ms(),
             },

@@ -54,8 +54,15 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    let options = topgun_standalone::suite::SuiteOptions { gateway: cli.gateway, store, announce_port: true };
-    if let Err(e) = topgun_standalone::suite::run(options, topgun_gateway::network::module::shutdown_signal()).await {
+    let options = topgun_standalone::suite::SuiteOptions {
+        gateway: cli.gateway,
+        store,
+        announce_port: true,
+    };
+    if let Err(e) =
+        topgun_standalone::suite::run(options, topgun_gateway::network::module::shutdown_signal())
+            .await
+    {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

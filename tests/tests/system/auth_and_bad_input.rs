@@ -12,26 +12,34 @@ async fn test_server_announces_port_and_authenticates_good_tokens_only() {
 
     let mut good = WsClient::connect(&server.ws_url()).await;
     assert_eq!(good.recv().await, json!({"type": "AUTH_REQUIRED"}));
-    good.send(&json!({"type": "AUTH", "token": token("user-1")})).await;
+    good.send(&json!({"type": "AUTH", "token": token("user-1")}))
+        .await;
     let ack = good.recv().await;
     assert_eq!(ack["type"], "AUTH_ACK");
     assert_eq!(ack["userId"], "user-1");
     assert_eq!(ack["protocolVersion"], 1);
     // A second AUTH (clients send two) is ignored silently.
-    good.send(&json!({"type": "AUTH", "token": token("user-1")})).await;
+    good.send(&json!({"type": "AUTH", "token": token("user-1")}))
+        .await;
     good.ping().await;
 
     let mut bad = WsClient::connect(&server.ws_url()).await;
     assert_eq!(bad.recv().await["type"], "AUTH_REQUIRED");
-    bad.send(&json!({"type": "AUTH", "token": token_with("wrong-secret", "u", &[], 3600)})).await;
+    bad.send(&json!({"type": "AUTH", "token": token_with("wrong-secret", "u", &[], 3600)}))
+        .await;
     let fail = bad.recv().await;
     assert_eq!(fail["type"], "AUTH_FAIL");
     assert_eq!(fail["code"], 401);
-    assert_eq!(bad.next_within(Duration::from_secs(5)).await, Received::Closed(4001, "Unauthorized".into()));
+    assert_eq!(
+        bad.next_within(Duration::from_secs(5)).await,
+        Received::Closed(4001, "Unauthorized".into())
+    );
 
     let mut expired = WsClient::connect(&server.ws_url()).await;
     expired.recv().await;
-    expired.send(&json!({"type": "AUTH", "token": token_with(TEST_JWT_SECRET, "u", &[], -3600)})).await;
+    expired
+        .send(&json!({"type": "AUTH", "token": token_with(TEST_JWT_SECRET, "u", &[], -3600)}))
+        .await;
     assert_eq!(expired.recv().await["type"], "AUTH_FAIL");
 
     // The good connection is unaffected.
@@ -50,9 +58,15 @@ async fn messages_before_auth_are_dropped_without_closing() {
     let server = TestServer::start(&[]).await;
     let mut client = WsClient::connect(&server.ws_url()).await;
     assert_eq!(client.recv().await["type"], "AUTH_REQUIRED");
-    client.send(&json!({"type": "SYNC_INIT", "mapName": "todos", "lastSyncTimestamp": 0})).await;
-    client.expect_no("SYNC_RESP_ROOT", Duration::from_millis(300)).await;
-    client.send(&json!({"type": "AUTH", "token": token("u")})).await;
+    client
+        .send(&json!({"type": "SYNC_INIT", "mapName": "todos", "lastSyncTimestamp": 0}))
+        .await;
+    client
+        .expect_no("SYNC_RESP_ROOT", Duration::from_millis(300))
+        .await;
+    client
+        .send(&json!({"type": "AUTH", "token": token("u")}))
+        .await;
     assert_eq!(client.recv_type("AUTH_ACK").await["type"], "AUTH_ACK");
 }
 
@@ -65,15 +79,29 @@ async fn malformed_unknown_and_oversized_frames_get_errors_and_harm_nobody() {
     client.send_raw(vec![0xc1, 0xff, 0x00]).await;
     let err = client.recv_type("ERROR").await;
     assert_eq!(err["payload"]["code"], 400);
-    assert!(err["payload"]["message"].as_str().is_some_and(|m| m.contains("Invalid message format")), "{err}");
+    assert!(
+        err["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Invalid message format")),
+        "{err}"
+    );
 
-    client.send(&json!({"type": "NO_SUCH_TYPE", "payload": {}})).await;
+    client
+        .send(&json!({"type": "NO_SUCH_TYPE", "payload": {}}))
+        .await;
     let err = client.recv_type("ERROR").await;
     assert_eq!(err["payload"]["code"], 400);
-    assert!(err["payload"]["message"].as_str().is_some_and(|m| m.contains("NO_SUCH_TYPE")), "{err}");
+    assert!(
+        err["payload"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NO_SUCH_TYPE")),
+        "{err}"
+    );
 
     // Wrong field types are a schema failure, not a crash.
-    client.send(&json!({"type": "OP_BATCH", "payload": {"ops": "not-an-array"}})).await;
+    client
+        .send(&json!({"type": "OP_BATCH", "payload": {"ops": "not-an-array"}}))
+        .await;
     assert_eq!(client.recv_type("ERROR").await["payload"]["code"], 400);
     client.ping().await;
 
@@ -113,14 +141,20 @@ async fn a_flooding_client_does_not_starve_others() {
                 .map(|j| json!({"id": format!("{}", i * 10 + j + 1), "mapName": "flood", "key": format!("k{j}"), "opType": "PUT",
                                "record": {"value": i, "timestamp": {"millis": 1_700_000_000_000u64 + i, "counter": j, "nodeId": "f"}}}))
                 .collect();
-            flooder.send(&json!({"type": "OP_BATCH", "payload": {"ops": ops}})).await;
+            flooder
+                .send(&json!({"type": "OP_BATCH", "payload": {"ops": ops}}))
+                .await;
         }
         flooder
     });
     for _ in 0..20 {
         let started = std::time::Instant::now();
         bystander.ping().await;
-        assert!(started.elapsed() < Duration::from_secs(5), "PONG took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "PONG took {:?}",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = flood.await;

@@ -1,8 +1,8 @@
 //! Builders for protocol messages used across the system tests.
 
 use serde_json::{json, Value};
-use topgun_proto::hash::fnv1a;
 use std::collections::BTreeMap;
+use topgun_proto::hash::fnv1a;
 
 /// An HLC timestamp.
 pub fn ts(millis: u64, counter: u64, node: &str) -> Value {
@@ -23,7 +23,15 @@ pub fn remove(id: &str, map: &str, key: &str, millis: u64, node: &str) -> Value 
 }
 
 /// An OR_ADD op.
-pub fn or_add(id: &str, map: &str, key: &str, value: Value, tag: &str, millis: u64, node: &str) -> Value {
+pub fn or_add(
+    id: &str,
+    map: &str,
+    key: &str,
+    value: Value,
+    tag: &str,
+    millis: u64,
+    node: &str,
+) -> Value {
     json!({"id": id, "mapName": map, "key": key, "opType": "OR_ADD",
            "orRecord": {"value": value, "timestamp": ts(millis, 0, node), "tag": tag}, "synced": false})
 }
@@ -40,7 +48,10 @@ pub fn batch(ops: Vec<Value>) -> Value {
 
 /// A unique map name per test run (the suite's state outlives a test only in memory).
 pub fn map_name(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// A client-side LWW Merkle tree exactly as core.md §6 defines it.
@@ -60,7 +71,10 @@ impl ClientTree {
 
     /// Hash of the node at `path`.
     pub fn hash(&self, path: &str) -> u32 {
-        self.entries.values().filter(|(p, _)| p.starts_with(path)).fold(0u32, |a, (_, h)| a.wrapping_add(*h))
+        self.entries
+            .values()
+            .filter(|(p, _)| p.starts_with(path))
+            .fold(0u32, |a, (_, h)| a.wrapping_add(*h))
     }
 
     /// Local hash of child `c` of `path` (0 when missing).
@@ -75,7 +89,16 @@ pub async fn write_persisted(c: &mut topgun_tests::WsClient, map: &str, count: u
     for chunk_start in (0..count).step_by(50) {
         let end = (chunk_start + 50).min(count);
         let ops: Vec<Value> = (chunk_start..end)
-            .map(|i| put(&(i + 1).to_string(), map, &format!("key-{i}"), json!({"i": i}), 1_700_000_000_000 + i, "writer"))
+            .map(|i| {
+                put(
+                    &(i + 1).to_string(),
+                    map,
+                    &format!("key-{i}"),
+                    json!({"i": i}),
+                    1_700_000_000_000 + i,
+                    "writer",
+                )
+            })
             .collect();
         let mut msg = batch(ops);
         msg["payload"]["writeConcern"] = json!("PERSISTED");
@@ -92,11 +115,17 @@ pub async fn read_all(c: &mut topgun_tests::WsClient, map: &str) -> BTreeMap<Str
     let query_id = uuid::Uuid::new_v4().to_string();
     c.send(&json!({"type": "QUERY_SUB", "payload": {"queryId": query_id, "mapName": map, "query": {}}})).await;
     let resp = c.recv_type("QUERY_RESP").await;
-    c.send(&json!({"type": "QUERY_UNSUB", "payload": {"queryId": query_id}})).await;
+    c.send(&json!({"type": "QUERY_UNSUB", "payload": {"queryId": query_id}}))
+        .await;
     resp["payload"]["results"]
         .as_array()
         .expect("results")
         .iter()
-        .map(|r| (r["key"].as_str().expect("key").to_string(), r["value"].clone()))
+        .map(|r| {
+            (
+                r["key"].as_str().expect("key").to_string(),
+                r["value"].clone(),
+            )
+        })
         .collect()
 }

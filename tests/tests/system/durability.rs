@@ -21,7 +21,14 @@ fn assert_all_present(all: &std::collections::BTreeMap<String, serde_json::Value
 async fn a_killed_sync_shard_restarts_with_every_acknowledged_write() {
     let url = database_url();
     let table = unique_table("shard_kill");
-    let mut suite = Suite::start(Layout { storage: Storage::Postgres { url: url.clone(), table: table.clone() }, ..Layout::default() }).await;
+    let mut suite = Suite::start(Layout {
+        storage: Storage::Postgres {
+            url: url.clone(),
+            table: table.clone(),
+        },
+        ..Layout::default()
+    })
+    .await;
     let map = map_name("durable");
     let mut c = WsClient::connect_authed(&suite.ws_url(), &token("w")).await;
     write_persisted(&mut c, &map, RECORDS).await;
@@ -33,13 +40,38 @@ async fn a_killed_sync_shard_restarts_with_every_acknowledged_write() {
     suite.shards[0].kill_9().await;
     // Ops for the dead shard's partitions fail with a retryable error; the other shard
     // keeps accepting writes.
-    let dead_key = (0..).map(|i| format!("probe-{i}")).find(|k| shard_of_partition(partition_of(k), 2) == 0).expect("key");
-    let live_key = (0..).map(|i| format!("probe-{i}")).find(|k| shard_of_partition(partition_of(k), 2) == 1).expect("key");
-    c.send(&batch(vec![put("9001", &map, &dead_key, json!("x"), 1_800_000_000_000, "w")])).await;
+    let dead_key = (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| shard_of_partition(partition_of(k), 2) == 0)
+        .expect("key");
+    let live_key = (0..)
+        .map(|i| format!("probe-{i}"))
+        .find(|k| shard_of_partition(partition_of(k), 2) == 1)
+        .expect("key");
+    c.send(&batch(vec![put(
+        "9001",
+        &map,
+        &dead_key,
+        json!("x"),
+        1_800_000_000_000,
+        "w",
+    )]))
+    .await;
     let reply = c.recv().await;
     assert_eq!(reply["type"], "ERROR", "{reply}");
-    assert!([503u64, 500, 429].contains(&reply["payload"]["code"].as_u64().unwrap_or(0)), "{reply}");
-    c.send(&batch(vec![put("9002", &map, &live_key, json!("y"), 1_800_000_000_000, "w")])).await;
+    assert!(
+        [503u64, 500, 429].contains(&reply["payload"]["code"].as_u64().unwrap_or(0)),
+        "{reply}"
+    );
+    c.send(&batch(vec![put(
+        "9002",
+        &map,
+        &live_key,
+        json!("y"),
+        1_800_000_000_000,
+        "w",
+    )]))
+    .await;
     assert_eq!(c.recv().await["type"], "OP_ACK");
 
     suite.shards[0].restart();
@@ -56,11 +88,22 @@ async fn a_killed_sync_shard_restarts_with_every_acknowledged_write() {
 async fn killing_every_process_after_persisted_acks_loses_nothing_on_postgres() {
     let url = database_url();
     let table = unique_table("kill_all");
-    let mut suite = Suite::start(Layout { storage: Storage::Postgres { url: url.clone(), table: table.clone() }, ..Layout::default() }).await;
+    let mut suite = Suite::start(Layout {
+        storage: Storage::Postgres {
+            url: url.clone(),
+            table: table.clone(),
+        },
+        ..Layout::default()
+    })
+    .await;
     let map = map_name("durable");
     let mut c = WsClient::connect_authed(&suite.ws_url(), &token("w")).await;
     write_persisted(&mut c, &map, RECORDS).await;
-    assert_eq!(count_rows(&url, &table).await as u64, RECORDS, "rows committed before the acks");
+    assert_eq!(
+        count_rows(&url, &table).await as u64,
+        RECORDS,
+        "rows committed before the acks"
+    );
 
     for gw in &mut suite.gateways {
         gw.kill_9().await;
@@ -101,7 +144,10 @@ async fn the_topgun_binary_keeps_data_on_sqlite_across_kill_9_and_sigterm() {
     let mut reader = WsClient::connect_authed(&server.ws_url(), &token("r")).await;
     assert_all_present(&read_all(&mut reader, &map).await, RECORDS);
     // A graceful stop keeps it too.
-    assert_eq!(server.process.terminate(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(
+        server.process.terminate(Duration::from_secs(30)).await,
+        Some(0)
+    );
     let server = TestServer::start_bin("topgun", &["--port", "0"], &env).await;
     let mut reader = WsClient::connect_authed(&server.ws_url(), &token("r")).await;
     assert_all_present(&read_all(&mut reader, &map).await, RECORDS);
@@ -110,18 +156,38 @@ async fn the_topgun_binary_keeps_data_on_sqlite_across_kill_9_and_sigterm() {
 #[tokio::test]
 async fn a_postgres_outage_gives_retryable_errors_and_recovers_without_restarts() {
     let pg = PrivateCluster::start_new();
-    let suite = Suite::start(Layout { storage: Storage::Postgres { url: pg.url(), table: "topgun_maps".into() }, ..Layout::default() }).await;
+    let suite = Suite::start(Layout {
+        storage: Storage::Postgres {
+            url: pg.url(),
+            table: "topgun_maps".into(),
+        },
+        ..Layout::default()
+    })
+    .await;
     let map = map_name("outage");
     let mut c = WsClient::connect_authed(&suite.ws_url(), &token("w")).await;
     write_persisted(&mut c, &map, 20).await;
 
     pg.stop();
-    let mut msg = batch(vec![put("100", &map, "during-outage", json!(1), 1_800_000_000_000, "w")]);
+    let mut msg = batch(vec![put(
+        "100",
+        &map,
+        "during-outage",
+        json!(1),
+        1_800_000_000_000,
+        "w",
+    )]);
     msg["payload"]["writeConcern"] = json!("PERSISTED");
     c.send(&msg).await;
     let reply = c.recv().await;
-    assert_eq!(reply["type"], "ERROR", "no false ack during the outage: {reply}");
-    assert!([503u64, 500].contains(&reply["payload"]["code"].as_u64().unwrap_or(0)), "{reply}");
+    assert_eq!(
+        reply["type"], "ERROR",
+        "no false ack during the outage: {reply}"
+    );
+    assert!(
+        [503u64, 500].contains(&reply["payload"]["code"].as_u64().unwrap_or(0)),
+        "{reply}"
+    );
     c.ping().await;
 
     pg.start();
@@ -133,7 +199,10 @@ async fn a_postgres_outage_gives_retryable_errors_and_recovers_without_restarts(
         if reply["type"] == "OP_ACK" {
             break reply;
         }
-        assert!(tokio::time::Instant::now() < deadline, "writes did not succeed again after PostgreSQL came back: {reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes did not succeed again after PostgreSQL came back: {reply}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     assert_eq!(acked["payload"]["achievedLevel"], "PERSISTED");

@@ -8,8 +8,13 @@ use topgun_tests::{token, Suite, WsClient};
 
 /// Walks the server tree like the TS client: request differing buckets, merge leaves.
 /// Returns the records received.
-pub async fn merkle_walk(c: &mut WsClient, map: &str, local: &ClientTree) -> BTreeMap<String, Value> {
-    c.send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": 0})).await;
+pub async fn merkle_walk(
+    c: &mut WsClient,
+    map: &str,
+    local: &ClientTree,
+) -> BTreeMap<String, Value> {
+    c.send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": 0}))
+        .await;
     let root = c.recv_type("SYNC_RESP_ROOT").await;
     let mut received = BTreeMap::new();
     if root["payload"]["rootHash"].as_u64() == Some(u64::from(local.hash(""))) {
@@ -17,7 +22,8 @@ pub async fn merkle_walk(c: &mut WsClient, map: &str, local: &ClientTree) -> BTr
     }
     let mut pending = vec![String::new()];
     while let Some(path) = pending.pop() {
-        c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": map, "path": path}})).await;
+        c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": map, "path": path}}))
+            .await;
         let reply = loop {
             let m = c.recv().await;
             if m["type"] == "SYNC_RESP_BUCKETS" || m["type"] == "SYNC_RESP_LEAF" {
@@ -27,7 +33,10 @@ pub async fn merkle_walk(c: &mut WsClient, map: &str, local: &ClientTree) -> BTr
         assert_eq!(reply["payload"]["path"], path.as_str());
         if reply["type"] == "SYNC_RESP_LEAF" {
             for r in reply["payload"]["records"].as_array().expect("records") {
-                received.insert(r["key"].as_str().expect("key").to_string(), r["record"].clone());
+                received.insert(
+                    r["key"].as_str().expect("key").to_string(),
+                    r["record"].clone(),
+                );
             }
         } else {
             for (child, hash) in reply["payload"]["buckets"].as_object().expect("buckets") {
@@ -40,11 +49,22 @@ pub async fn merkle_walk(c: &mut WsClient, map: &str, local: &ClientTree) -> BTr
     received
 }
 
-async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one(server: Suite) {
+async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one(
+    server: Suite,
+) {
     let map = map_name("sync");
     let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
     let ops: Vec<Value> = (0..60)
-        .map(|i| put(&(i + 1).to_string(), &map, &format!("key-{i}"), json!({"i": i}), 1_700_000_000_000 + i, "w"))
+        .map(|i| {
+            put(
+                &(i + 1).to_string(),
+                &map,
+                &format!("key-{i}"),
+                json!({"i": i}),
+                1_700_000_000_000 + i,
+                "w",
+            )
+        })
         .collect();
     writer.send(&batch(ops)).await;
     assert_eq!(writer.recv_type("OP_ACK").await["payload"]["lastId"], "60");
@@ -63,7 +83,10 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
     let mut partial = WsClient::connect_authed(&server.ws_url(), &token("p")).await;
     let got = merkle_walk(&mut partial, &map, &partial_tree).await;
     for i in 0..5 {
-        assert!(got.contains_key(&format!("key-{i}")), "missing key-{i}: {got:?}");
+        assert!(
+            got.contains_key(&format!("key-{i}")),
+            "missing key-{i}: {got:?}"
+        );
     }
     // Leaves can hold a neighbour by hash collision; nothing near a full transfer.
     assert!(got.len() <= 8, "transferred {} records", got.len());
@@ -80,7 +103,11 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
 async fn tombstones_are_delivered_in_leaves(server: Suite) {
     let map = map_name("tomb");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
-    c.send(&batch(vec![put("1", &map, "user-1", json!("x"), 1_700_000_000_000, "w"), remove("2", &map, "user-1", 1_700_000_000_001, "w")])).await;
+    c.send(&batch(vec![
+        put("1", &map, "user-1", json!("x"), 1_700_000_000_000, "w"),
+        remove("2", &map, "user-1", 1_700_000_000_001, "w"),
+    ]))
+    .await;
     c.recv_type("OP_ACK").await;
     let got = merkle_walk(&mut c, &map, &ClientTree::default()).await;
     assert_eq!(got["user-1"]["value"], json!(null));
@@ -91,8 +118,13 @@ async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error(server: Suite) {
     c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": "nothing-here", "path": "abc"}})).await;
     let reply = c.recv_type("SYNC_RESP_BUCKETS").await;
     assert_eq!(reply["payload"]["buckets"], json!({}));
-    c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": "m", "path": "0/1/2"}})).await;
+    c.send(&json!({"type": "MERKLE_REQ_BUCKET", "payload": {"mapName": "m", "path": "0/1/2"}}))
+        .await;
     assert_eq!(c.recv_type("ERROR").await["payload"]["code"], 400);
 }
 
-topgun_tests::topologies!(merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one, tombstones_are_delivered_in_leaves, missing_nodes_get_empty_buckets_and_bad_paths_an_error);
+topgun_tests::topologies!(
+    merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one,
+    tombstones_are_delivered_in_leaves,
+    missing_nodes_get_empty_buckets_and_bad_paths_an_error
+);

@@ -21,20 +21,49 @@ fn http() -> reqwest::Client {
 async fn health_probes_and_metrics_report_real_state() {
     let server = server().await;
     let _client = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
-    let health: Value = http().get(format!("{}/health", server.http_url())).send().await.expect("health").json().await.expect("json");
+    let health: Value = http()
+        .get(format!("{}/health", server.http_url()))
+        .send()
+        .await
+        .expect("health")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(health["state"], "ready");
     assert_eq!(health["connections"], 1);
     assert!(health["uptime_secs"].is_u64());
     assert_eq!(health["services"]["sync"][0]["reachable"], true);
     for path in ["/health/live", "/health/ready"] {
-        assert_eq!(http().get(format!("{}{path}", server.http_url())).send().await.expect("probe").status(), 200, "{path}");
+        assert_eq!(
+            http()
+                .get(format!("{}{path}", server.http_url()))
+                .send()
+                .await
+                .expect("probe")
+                .status(),
+            200,
+            "{path}"
+        );
     }
-    let metrics = http().get(format!("{}/metrics", server.http_url())).send().await.expect("metrics");
-    assert!(metrics.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/plain; version=0.0.4")));
+    let metrics = http()
+        .get(format!("{}/metrics", server.http_url()))
+        .send()
+        .await
+        .expect("metrics");
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|c| c.starts_with("text/plain; version=0.0.4")));
     let text = metrics.text().await.expect("text");
     assert!(text.contains("topgun_active_connections 1"), "{text}");
-    assert!(text.contains("topgun_messages_in_total{type=\"AUTH\"}"), "{text}");
-    let unknown = http().get(format!("{}/no-such-path", server.http_url())).send().await.expect("404");
+    assert!(
+        text.contains("topgun_messages_in_total{type=\"AUTH\"}"),
+        "{text}"
+    );
+    let unknown = http()
+        .get(format!("{}/no-such-path", server.http_url()))
+        .send()
+        .await
+        .expect("404");
     assert_eq!(unknown.status(), 404);
 }
 
@@ -44,15 +73,47 @@ async fn admin_routes_require_an_admin_token() {
     let url = format!("{}/api/admin/maps", server.http_url());
     let missing = http().get(&url).send().await.expect("request");
     assert_eq!(missing.status(), 401);
-    assert_eq!(missing.json::<Value>().await.expect("json")["message"], "missing or invalid Bearer token");
-    let bad = http().get(&url).bearer_auth("not-a-jwt").send().await.expect("request");
+    assert_eq!(
+        missing.json::<Value>().await.expect("json")["message"],
+        "missing or invalid Bearer token"
+    );
+    let bad = http()
+        .get(&url)
+        .bearer_auth("not-a-jwt")
+        .send()
+        .await
+        .expect("request");
     assert_eq!(bad.status(), 401);
-    let user = http().get(&url).bearer_auth(token("u")).send().await.expect("request");
+    let user = http()
+        .get(&url)
+        .bearer_auth(token("u"))
+        .send()
+        .await
+        .expect("request");
     assert_eq!(user.status(), 403);
-    assert_eq!(user.json::<Value>().await.expect("json")["message"], "admin role required");
-    assert_eq!(http().get(&url).bearer_auth(admin_token()).send().await.expect("request").status(), 200);
+    assert_eq!(
+        user.json::<Value>().await.expect("json")["message"],
+        "admin role required"
+    );
+    assert_eq!(
+        http()
+            .get(&url)
+            .bearer_auth(admin_token())
+            .send()
+            .await
+            .expect("request")
+            .status(),
+        200
+    );
     // /api/status is public.
-    let status: Value = http().get(format!("{}/api/status", server.http_url())).send().await.expect("status").json().await.expect("json");
+    let status: Value = http()
+        .get(format!("{}/api/status", server.http_url()))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(status["configured"], true);
     assert_eq!(status["mode"], "normal");
 }
@@ -61,13 +122,34 @@ async fn admin_routes_require_an_admin_token() {
 async fn login_issues_admin_tokens_for_the_right_credentials_only() {
     let server = server().await;
     let url = format!("{}/api/auth/login", server.http_url());
-    let wrong = http().post(&url).json(&json!({"username": "admin", "password": "nope"})).send().await.expect("login");
+    let wrong = http()
+        .post(&url)
+        .json(&json!({"username": "admin", "password": "nope"}))
+        .send()
+        .await
+        .expect("login");
     assert_eq!(wrong.status(), 401);
-    assert_eq!(wrong.json::<Value>().await.expect("json")["message"], "invalid credentials");
-    let ok = http().post(&url).json(&json!({"username": "admin", "password": ADMIN_PASSWORD})).send().await.expect("login");
+    assert_eq!(
+        wrong.json::<Value>().await.expect("json")["message"],
+        "invalid credentials"
+    );
+    let ok = http()
+        .post(&url)
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("login");
     assert_eq!(ok.status(), 200);
-    let token = ok.json::<Value>().await.expect("json")["token"].as_str().expect("token").to_string();
-    let maps = http().get(format!("{}/api/admin/maps", server.http_url())).bearer_auth(&token).send().await.expect("maps");
+    let token = ok.json::<Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let maps = http()
+        .get(format!("{}/api/admin/maps", server.http_url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("maps");
     assert_eq!(maps.status(), 200);
 }
 
@@ -76,49 +158,136 @@ async fn maps_and_cluster_status_describe_the_data_and_the_members() {
     let server = server().await;
     let map = map_name("admin-maps");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
-    c.send(&batch((0..5).map(|i| put(&(i + 1).to_string(), &map, &format!("k{i}"), json!(i), 1_700_000_000_000 + i, "c")).collect())).await;
+    c.send(&batch(
+        (0..5)
+            .map(|i| {
+                put(
+                    &(i + 1).to_string(),
+                    &map,
+                    &format!("k{i}"),
+                    json!(i),
+                    1_700_000_000_000 + i,
+                    "c",
+                )
+            })
+            .collect(),
+    ))
+    .await;
     c.recv_type("OP_ACK").await;
 
-    let maps: Value = http().get(format!("{}/api/admin/maps", server.http_url())).bearer_auth(admin_token()).send().await.expect("maps").json().await.expect("json");
-    let entry = maps["maps"].as_array().expect("maps").iter().find(|m| m["name"] == map.as_str()).cloned().expect("our map");
+    let maps: Value = http()
+        .get(format!("{}/api/admin/maps", server.http_url()))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("maps")
+        .json()
+        .await
+        .expect("json");
+    let entry = maps["maps"]
+        .as_array()
+        .expect("maps")
+        .iter()
+        .find(|m| m["name"] == map.as_str())
+        .cloned()
+        .expect("our map");
     assert_eq!(entry["entryCount"], 5);
     assert_eq!(entry["kind"], "lww");
 
-    let cluster: Value = http().get(format!("{}/api/admin/cluster/status", server.http_url())).bearer_auth(admin_token()).send().await.expect("cluster").json().await.expect("json");
+    let cluster: Value = http()
+        .get(format!("{}/api/admin/cluster/status", server.http_url()))
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("cluster")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(cluster["totalPartitions"], 271);
     assert_eq!(cluster["partitions"].as_array().map(Vec::len), Some(271));
-    let roles: Vec<&str> = cluster["nodes"].as_array().expect("nodes").iter().filter_map(|n| n["role"].as_str()).collect();
-    assert!(roles.contains(&"gateway") && roles.contains(&"sync"), "{roles:?}");
+    let roles: Vec<&str> = cluster["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["role"].as_str())
+        .collect();
+    assert!(
+        roles.contains(&"gateway") && roles.contains(&"sync"),
+        "{roles:?}"
+    );
 }
 
 #[tokio::test]
 async fn settings_reject_invalid_values_and_apply_valid_ones() {
     let server = server().await;
     let url = format!("{}/api/admin/settings", server.http_url());
-    let before: Value = http().get(&url).bearer_auth(admin_token()).send().await.expect("get").json().await.expect("json");
+    let before: Value = http()
+        .get(&url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(before["maxConcurrentOperations"], 1000);
     assert_eq!(before["partitionCount"], 271);
 
     for (body, field) in [
         (json!({"port": 1}), "port"),
-        (json!({"maxConcurrentOperations": 0}), "maxConcurrentOperations"),
+        (
+            json!({"maxConcurrentOperations": 0}),
+            "maxConcurrentOperations",
+        ),
         (json!({"gcIntervalMs": "soon"}), "gcIntervalMs"),
         (json!({"logLevel": "info,[[["}), "logLevel"),
-        (json!({"maxConcurrentOperations": 50, "gcIntervalMs": -1}), "gcIntervalMs"),
+        (
+            json!({"maxConcurrentOperations": 50, "gcIntervalMs": -1}),
+            "gcIntervalMs",
+        ),
     ] {
-        let resp = http().put(&url).bearer_auth(admin_token()).json(&body).send().await.expect("put");
+        let resp = http()
+            .put(&url)
+            .bearer_auth(admin_token())
+            .json(&body)
+            .send()
+            .await
+            .expect("put");
         assert_eq!(resp.status(), 400, "{body}");
-        assert_eq!(resp.json::<Value>().await.expect("json")["field"], field, "{body}");
+        assert_eq!(
+            resp.json::<Value>().await.expect("json")["field"],
+            field,
+            "{body}"
+        );
     }
-    let after: Value = http().get(&url).bearer_auth(admin_token()).send().await.expect("get").json().await.expect("json");
+    let after: Value = http()
+        .get(&url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(after, before, "rejected updates change nothing");
 
-    let ok = http().put(&url).bearer_auth(admin_token()).json(&json!({"maxConcurrentOperations": 77, "gcIntervalMs": 120000})).send().await.expect("put");
+    let ok = http()
+        .put(&url)
+        .bearer_auth(admin_token())
+        .json(&json!({"maxConcurrentOperations": 77, "gcIntervalMs": 120000}))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(ok.status(), 200);
     let updated: Value = ok.json().await.expect("json");
     assert_eq!(updated["maxConcurrentOperations"], 77);
     assert_eq!(updated["gcIntervalMs"], 120000);
-    let unauth = http().put(&url).json(&json!({"gcIntervalMs": 5000})).send().await.expect("put");
+    let unauth = http()
+        .put(&url)
+        .json(&json!({"gcIntervalMs": 5000}))
+        .send()
+        .await
+        .expect("put");
     assert_eq!(unauth.status(), 401);
 }
 
@@ -126,13 +295,30 @@ async fn settings_reject_invalid_values_and_apply_valid_ones() {
 async fn the_dashboard_is_served_with_spa_fallback() {
     let server = server().await;
     for path in ["/admin", "/admin/", "/admin/settings/deep/route"] {
-        let resp = http().get(format!("{}{path}", server.http_url())).send().await.expect("dashboard");
+        let resp = http()
+            .get(format!("{}{path}", server.http_url()))
+            .send()
+            .await
+            .expect("dashboard");
         assert_eq!(resp.status(), 200, "{path}");
-        assert!(resp.headers()["content-type"].to_str().is_ok_and(|c| c.starts_with("text/html")), "{path}");
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .is_ok_and(|c| c.starts_with("text/html")),
+            "{path}"
+        );
         assert!(resp.text().await.expect("html").contains("<html"), "{path}");
     }
-    let traversal = http().get(format!("{}/admin/../Cargo.toml", server.http_url())).send().await.expect("request");
-    assert!(!traversal.text().await.unwrap_or_default().contains("[workspace]"));
+    let traversal = http()
+        .get(format!("{}/admin/../Cargo.toml", server.http_url()))
+        .send()
+        .await
+        .expect("request");
+    assert!(!traversal
+        .text()
+        .await
+        .unwrap_or_default()
+        .contains("[workspace]"));
 }
 
 #[tokio::test]
@@ -161,12 +347,21 @@ async fn sigterm_drains_readiness_closes_clients_finishes_in_flight_work_and_exi
     .await;
 
     for client in &mut clients {
-        assert_eq!(client.next_within(Duration::from_secs(10)).await, Received::Closed(1000, "server shutting down".into()));
+        assert_eq!(
+            client.next_within(Duration::from_secs(10)).await,
+            Received::Closed(1000, "server shutting down".into())
+        );
     }
-    let resp = in_flight.await.expect("task").expect("in-flight request completes");
+    let resp = in_flight
+        .await
+        .expect("task")
+        .expect("in-flight request completes");
     assert_eq!(resp.status(), 200);
     let body = topgun_tests::ws_client::decode(&resp.bytes().await.expect("body"));
     assert_eq!(body["ack"]["lastId"], "12000");
     assert!(saw_503.is_some(), "readiness turned 503 while draining");
-    assert_eq!(server.process.terminate(Duration::from_secs(30)).await, Some(0));
+    assert_eq!(
+        server.process.terminate(Duration::from_secs(30)).await,
+        Some(0)
+    );
 }
