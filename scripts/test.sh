@@ -37,6 +37,15 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "using PostgreSQL at ${DATABASE_URL%%\?*}"
 
+# The OpenAPI test validates the document with an independent validator.
+if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator \
+    || { echo "error: cannot install openapi-spec-validator (PyPI)" >&2; exit 1; }
+fi
+
 # The whole-system tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked -j "$JOBS"
 cargo test --workspace --locked -j "$JOBS" -- --test-threads="${TEST_THREADS:-2}"
+
+# The admin dashboard in a real headless browser (Debian's chromium + playwright-core).
+SCREENSHOT_PATH="$PWD/target/dashboard.png" admin-dashboard/e2e/run.sh

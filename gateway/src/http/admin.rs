@@ -1,9 +1,13 @@
 //! The admin and auth API (http-admin-ops.md §4): login, status, cluster status, maps,
 //! settings and permission policies.
 
+use super::api_types::{
+    ClusterStatus, ErrorBody, LoginRequest, MapInfo, MapsResponse, NodeStatus, PartitionOwner,
+    PolicyList, Settings, SettingsUpdate, StatusResponse, TokenResponse,
+};
 use super::json_error;
 use crate::auth::{bearer_token, Principal};
-use crate::rbac::PolicyRequest;
+use crate::rbac::{Policy, PolicyRequest};
 use crate::state::Gateway;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,9 +19,21 @@ use std::sync::Arc;
 use topgun_proto::grpc::common::MapKind;
 use topgun_proto::grpc::sync::ListMapsRequest;
 use topgun_proto::internal_auth::constant_time_eq;
+use topgun_proto::partition::PARTITION_COUNT;
 
 /// Admin tokens from login live one day.
 const ADMIN_TOKEN_TTL_SECS: u64 = 86_400;
+
+/// Settings that exist but cannot be changed at runtime.
+const READ_ONLY_SETTINGS: [&str; 7] = [
+    "nodeId",
+    "host",
+    "port",
+    "partitionCount",
+    "requireAuth",
+    "maxValueBytes",
+    "defaultOperationTimeoutMs",
+];
 
 /// The admin JWT check, in the order of §4.1.
 #[allow(clippy::result_large_err)]
@@ -49,14 +65,12 @@ pub fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<Principal, Res
     Ok(principal)
 }
 
-/// POST /api/auth/login.
+/// Exchanges the admin credentials for an admin JWT.
+#[utoipa::path(post, path = "/api/auth/login", tag = "auth", request_body = LoginRequest,
+    responses((status = 200, body = TokenResponse), (status = 401, description = "invalid credentials", body = ErrorBody),
+              (status = 429, description = "rate limited"), (status = 500, description = "login not configured", body = ErrorBody)))]
 pub async fn login(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
-    #[derive(serde::Deserialize)]
-    struct Login {
-        username: String,
-        password: String,
-    }
-    let Ok(login) = serde_json::from_slice::<Login>(&body) else {
+    let Ok(login) = serde_json::from_slice::<LoginRequest>(&body) else {
         return json_error(
             StatusCode::BAD_REQUEST,
             "body must be JSON {username, password}",
@@ -83,7 +97,7 @@ pub async fn login(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
         return json_error(StatusCode::UNAUTHORIZED, "invalid credentials", None);
     }
     match verifier.sign(&gw.admin.username, &["admin"], ADMIN_TOKEN_TTL_SECS) {
-        Ok(token) => Json(serde_json::json!({ "token": token })).into_response(),
+        Ok(token) => Json(TokenResponse { token }).into_response(),
         Err(crate::auth::AuthError::CannotSign) => json_error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "authentication not configured",
@@ -97,67 +111,110 @@ pub async fn login(State(gw): State<Arc<Gateway>>, body: Bytes) -> Response {
     }
 }
 
-/// GET /api/status (public).
-pub async fn status(State(gw): State<Arc<Gateway>>) -> Response {
-    Json(serde_json::json!({
-        "configured": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "mode": "normal",
-        "nodeId": gw.node_id(),
-        "connections": gw.connections.len(),
-        "uptimeSeconds": gw.uptime_secs(),
-        "totalOperations": gw.total_operations(),
-    }))
-    .into_response()
+/// Version, uptime and load of this gateway (public).
+#[utoipa::path(get, path = "/api/status", tag = "status", responses((status = 200, body = StatusResponse)))]
+pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<StatusResponse> {
+    Json(StatusResponse {
+        configured: true,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        mode: "normal".into(),
+        node_id: gw.node_id(),
+        connections: gw.connections.len(),
+        uptime_seconds: gw.uptime_secs(),
+        total_operations: gw.total_operations(),
+    })
 }
 
-/// GET /api/admin/cluster/status: gateway, shards with partitions, search replicas.
+/// Members (gateway, sync shards with their partitions, search replicas) and the partition table.
+#[utoipa::path(get, path = "/api/admin/cluster/status", tag = "admin", security(("bearer_auth" = [])),
+    responses((status = 200, body = ClusterStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
     gw.sync.refresh().await;
     let table = gw.sync.partition_table();
-    let mut nodes = vec![serde_json::json!({
-        "nodeId": gw.node_id(), "role": "gateway", "address": format!("{}:{}", gw.network.host, gw.network.port),
-        "status": "healthy", "partitionCount": 0, "connections": gw.connections.len(), "memory": 0, "uptime": gw.uptime_secs(),
-    })];
-    for (index, shard) in gw.sync.shards().iter().enumerate() {
-        let info = shard.info();
-        nodes.push(serde_json::json!({
-            "nodeId": info.as_ref().map_or_else(|| format!("sync-{index}"), |i| i.node_id.clone()),
-            "role": "sync",
-            "address": shard.addr,
-            "status": if shard.is_reachable() { "healthy" } else { "dead" },
-            "partitionCount": table.iter().filter(|s| **s == index).count(),
-            "connections": 0, "memory": 0, "uptime": gw.uptime_secs(),
-        }));
-    }
-    for replica in gw.search.iter().flat_map(|r| r.replicas()) {
-        nodes.push(serde_json::json!({
-            "nodeId": replica.addr, "role": "search", "address": replica.addr,
-            "status": if replica.is_healthy() { "healthy" } else { "suspect" },
-            "partitionCount": 0, "connections": 0, "memory": 0, "uptime": gw.uptime_secs(),
-        }));
-    }
-    let owner = |index: usize| {
+    let uptime = gw.uptime_secs();
+    let node = |node_id: String,
+                role: &str,
+                address: String,
+                status: &str,
+                partition_count: usize,
+                connections: usize| NodeStatus {
+        node_id,
+        role: role.into(),
+        address,
+        status: status.into(),
+        partition_count,
+        connections,
+        memory: 0,
+        uptime,
+    };
+    let shard_id = |index: usize| {
         gw.sync.shards()[index]
             .info()
             .map_or_else(|| format!("sync-{index}"), |i| i.node_id)
     };
-    let partitions: Vec<serde_json::Value> = table
+    let mut nodes = vec![node(
+        gw.node_id(),
+        "gateway",
+        format!("{}:{}", gw.network.host, gw.network.port),
+        "healthy",
+        0,
+        gw.connections.len(),
+    )];
+    for (index, shard) in gw.sync.shards().iter().enumerate() {
+        let status = if shard.is_reachable() {
+            "healthy"
+        } else {
+            "dead"
+        };
+        let owned = table.iter().filter(|s| **s == index).count();
+        nodes.push(node(
+            shard_id(index),
+            "sync",
+            shard.addr.clone(),
+            status,
+            owned,
+            0,
+        ));
+    }
+    for replica in gw.search.iter().flat_map(|r| r.replicas()) {
+        let status = if replica.is_healthy() {
+            "healthy"
+        } else {
+            "suspect"
+        };
+        nodes.push(node(
+            replica.addr.clone(),
+            "search",
+            replica.addr.clone(),
+            status,
+            0,
+            0,
+        ));
+    }
+    let partitions = table
         .iter()
         .enumerate()
-        .map(|(id, shard)| serde_json::json!({ "id": id, "ownerNodeId": owner(*shard) }))
+        .map(|(id, shard)| PartitionOwner {
+            id: id as u32,
+            owner_node_id: shard_id(*shard),
+        })
         .collect();
-    Json(serde_json::json!({
-        "nodes": nodes, "partitions": partitions,
-        "totalPartitions": topgun_proto::partition::PARTITION_COUNT, "isRebalancing": false,
-    }))
+    Json(ClusterStatus {
+        nodes,
+        partitions,
+        total_partitions: PARTITION_COUNT,
+        is_rebalancing: false,
+    })
     .into_response()
 }
 
-/// GET /api/admin/maps: record counts summed over shards.
+/// Maps with record counts, summed over the shards.
+#[utoipa::path(get, path = "/api/admin/maps", tag = "admin", security(("bearer_auth" = [])),
+    responses((status = 200, body = MapsResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 503, description = "a shard is unreachable", body = ErrorBody)))]
 pub async fn maps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
@@ -177,49 +234,52 @@ pub async fn maps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
                 }
             }
             Err(status) => {
-                return json_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "sync shard {} unavailable: {}",
-                        shard.addr,
-                        status.message()
-                    ),
-                    None,
+                let message = format!(
+                    "sync shard {} unavailable: {}",
+                    shard.addr,
+                    status.message()
                 );
+                return json_error(StatusCode::SERVICE_UNAVAILABLE, message, None);
             }
         }
     }
-    let maps: Vec<serde_json::Value> = totals
+    let maps = totals
         .into_iter()
         .filter(|((name, _), _)| !name.starts_with("$sys/"))
-        .map(|((name, kind), (count, partitions))| {
-            let kind = if kind == MapKind::Or as i32 { "or" } else { "lww" };
-            serde_json::json!({ "name": name, "entryCount": count, "kind": kind, "partitions": partitions })
+        .map(|((name, kind), (entry_count, partitions))| MapInfo {
+            name,
+            entry_count,
+            kind: if kind == MapKind::Or as i32 {
+                "or"
+            } else {
+                "lww"
+            }
+            .into(),
+            partitions,
         })
         .collect();
-    Json(serde_json::json!({ "maps": maps })).into_response()
+    Json(MapsResponse { maps }).into_response()
 }
 
-fn settings_body(gw: &Gateway) -> serde_json::Value {
+fn settings_body(gw: &Gateway) -> Settings {
     let server = gw.server.read().clone();
-    let mut body = serde_json::json!({
-        "nodeId": gw.node_id(),
-        "defaultOperationTimeoutMs": server.default_operation_timeout_ms,
-        "maxConcurrentOperations": server.max_concurrent_operations,
-        "gcIntervalMs": server.gc_interval_ms,
-        "partitionCount": server.partition_count,
-        "host": gw.network.host,
-        "port": gw.network.port,
-        "requireAuth": server.security.require_auth,
-        "maxValueBytes": server.security.max_value_bytes,
-    });
-    if let Some(log) = gw.log_control() {
-        body["logLevel"] = serde_json::Value::from(log.current());
+    Settings {
+        node_id: gw.node_id(),
+        default_operation_timeout_ms: server.default_operation_timeout_ms,
+        max_concurrent_operations: server.max_concurrent_operations,
+        gc_interval_ms: server.gc_interval_ms,
+        partition_count: server.partition_count,
+        host: gw.network.host.clone(),
+        port: gw.network.port,
+        require_auth: server.security.require_auth,
+        max_value_bytes: server.security.max_value_bytes,
+        log_level: gw.log_control().map(|l| l.current()),
     }
-    body
 }
 
-/// GET /api/admin/settings.
+/// The runtime settings.
+#[utoipa::path(get, path = "/api/admin/settings", tag = "admin", security(("bearer_auth" = [])),
+    responses((status = 200, body = Settings), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn get_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
@@ -227,7 +287,10 @@ pub async fn get_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap) ->
     Json(settings_body(&gw)).into_response()
 }
 
-/// PUT /api/admin/settings: every field is validated before anything is applied.
+/// Changes runtime settings; every field is validated before anything is applied.
+#[utoipa::path(put, path = "/api/admin/settings", tag = "admin", security(("bearer_auth" = [])), request_body = SettingsUpdate,
+    responses((status = 200, body = Settings), (status = 400, description = "invalid or read-only field; nothing changed", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn put_settings(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -240,22 +303,12 @@ pub async fn put_settings(
         Ok(v) => v,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}"), None),
     };
-    for key in [
-        "nodeId",
-        "host",
-        "port",
-        "partitionCount",
-        "requireAuth",
-        "maxValueBytes",
-        "defaultOperationTimeoutMs",
-    ] {
-        if json.get(key).is_some() {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                format!("field '{key}' is read-only and cannot be updated"),
-                Some(key),
-            );
-        }
+    if let Some(key) = READ_ONLY_SETTINGS.iter().find(|k| json.get(**k).is_some()) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("field '{key}' is read-only and cannot be updated"),
+            Some(key),
+        );
     }
     let Some(obj) = json.as_object() else {
         return json_error(
@@ -264,31 +317,27 @@ pub async fn put_settings(
             None,
         );
     };
+    let invalid = |field: &str, rule: &str| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid settings: {field} must be {rule}"),
+            Some(field),
+        )
+    };
     let gc = match obj.get("gcIntervalMs") {
         None => None,
         Some(v) => match v.as_u64().filter(|v| *v >= 1_000) {
             Some(v) => Some(v),
-            None => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid settings: gcIntervalMs must be an integer >= 1000",
-                    Some("gcIntervalMs"),
-                )
-            }
+            None => return invalid("gcIntervalMs", "an integer >= 1000"),
         },
     };
-    let max_ops =
-        match obj.get("maxConcurrentOperations") {
-            None => None,
-            Some(v) => match v.as_u64().filter(|v| (1..=1_000_000).contains(v)) {
-                Some(v) => Some(v as u32),
-                None => return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid settings: maxConcurrentOperations must be an integer in 1..=1000000",
-                    Some("maxConcurrentOperations"),
-                ),
-            },
-        };
+    let max_ops = match obj.get("maxConcurrentOperations") {
+        None => None,
+        Some(v) => match v.as_u64().filter(|v| (1..=1_000_000).contains(v)) {
+            Some(v) => Some(v as u32),
+            None => return invalid("maxConcurrentOperations", "an integer in 1..=1000000"),
+        },
+    };
     let log_level = match obj.get("logLevel") {
         None => None,
         Some(serde_json::Value::String(s)) => {
@@ -308,13 +357,7 @@ pub async fn put_settings(
             }
             Some((log, s.clone()))
         }
-        Some(_) => {
-            return json_error(
-                StatusCode::BAD_REQUEST,
-                "invalid settings: logLevel must be a string",
-                Some("logLevel"),
-            )
-        }
+        Some(_) => return invalid("logLevel", "a string"),
     };
     if let Some((log, level)) = log_level {
         if let Err(e) = log.set(&level) {
@@ -330,15 +373,23 @@ pub async fn put_settings(
     Json(settings_body(&gw)).into_response()
 }
 
-/// GET /api/admin/policies.
+/// Every permission policy.
+#[utoipa::path(get, path = "/api/admin/policies", tag = "admin", security(("bearer_auth" = [])),
+    responses((status = 200, body = PolicyList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn list_policies(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
-    Json(serde_json::json!({ "policies": gw.policies.list() })).into_response()
+    Json(PolicyList {
+        policies: gw.policies.list(),
+    })
+    .into_response()
 }
 
-/// POST /api/admin/policies: upsert; applies to open connections at once.
+/// Creates or replaces a policy; it applies to open connections at once.
+#[utoipa::path(post, path = "/api/admin/policies", tag = "admin", security(("bearer_auth" = [])), request_body = PolicyRequest,
+    responses((status = 201, body = Policy), (status = 400, description = "bad conditionExpr", body = ErrorBody),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_policy(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
@@ -362,15 +413,14 @@ pub async fn create_policy(
             gw.policies.upsert(policy.clone());
             (StatusCode::CREATED, Json(policy)).into_response()
         }
-        Err(e) => json_error(
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-            Some("conditionExpr"),
-        ),
+        Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field())),
     }
 }
 
-/// DELETE /api/admin/policies/{id}: 204 even when the id is unknown.
+/// Deletes a policy (204 also when the id is unknown).
+#[utoipa::path(delete, path = "/api/admin/policies/{id}", tag = "admin", security(("bearer_auth" = [])),
+    params(("id" = String, Path, description = "Policy id")),
+    responses((status = 204, description = "deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn delete_policy(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,

@@ -1,8 +1,10 @@
 //! HTTP routes: POST `/sync`, health and metrics, the admin API and dashboard.
 
 pub mod admin;
+pub mod api_types;
 pub mod dashboard;
 pub mod health;
+pub mod openapi;
 pub mod sync;
 
 use axum::http::StatusCode;

@@ -4,7 +4,7 @@
 
 use super::config::{NetworkConfig, ServerConfig};
 use crate::auth::JwtVerifier;
-use crate::http::{admin, dashboard, health, sync};
+use crate::http::{admin, dashboard, health, openapi, sync};
 use crate::live::feed;
 use crate::services::search::SearchReplicas;
 use crate::services::sync_cluster::SyncCluster;
@@ -239,6 +239,10 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/api/status", get(admin::status))
+        .route("/api/openapi.json", get(openapi::openapi_json))
+        .route("/api/docs", get(openapi::docs_redirect))
+        .route("/api/docs/", get(openapi::docs_index))
+        .route("/api/docs/{*file}", get(openapi::docs_asset))
         .route("/api/auth/login", post(admin::login))
         .route("/api/admin/cluster/status", get(admin::cluster_status))
         .route("/api/admin/maps", get(admin::maps))

@@ -12,7 +12,7 @@ use topgun_proto::predicate::{evaluate, EvalContext};
 pub const ADMIN_ROLE: &str = "admin";
 
 /// What an operation does to a map; policies name the action they govern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     /// Sync, Merkle and query reads.
@@ -44,7 +44,7 @@ impl std::fmt::Display for Action {
 }
 
 /// Whether a matching policy grants or refuses the operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Effect {
     /// Grants the operation unless a matching deny exists.
@@ -54,7 +54,7 @@ pub enum Effect {
 }
 
 /// One permission policy, as stored and as returned by the admin API (`PolicyResponse`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Policy {
     /// Unique id; storing a policy with an existing id replaces it.
@@ -68,6 +68,7 @@ pub struct Policy {
     /// Optional predicate tree (query predicate format); the policy applies only when it
     /// evaluates true. Omitted from JSON when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub condition: Option<serde_json::Value>,
 }
 
@@ -104,7 +105,7 @@ pub fn map_pattern_matches(pattern: &str, map_name: &str) -> bool {
 }
 
 /// Body of `POST /api/admin/policies`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyRequest {
     /// Id to create or replace; a UUID v4 is generated when absent or empty.
@@ -118,6 +119,7 @@ pub struct PolicyRequest {
     pub effect: Effect,
     /// Predicate tree; wins over `condition_expr` when both are present.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub condition: Option<serde_json::Value>,
     /// Textual condition, compiled by [`condition_expr::parse`].
     #[serde(default)]

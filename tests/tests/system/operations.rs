@@ -365,3 +365,91 @@ async fn sigterm_drains_readiness_closes_clients_finishes_in_flight_work_and_exi
         Some(0)
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_validates_and_lists_every_admin_endpoint() {
+    let server = server().await;
+    let doc: Value = http()
+        .get(format!("{}/api/openapi.json", server.http_url()))
+        .send()
+        .await
+        .expect("doc")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        doc["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3.1")),
+        "{}",
+        doc["openapi"]
+    );
+    assert_eq!(doc["info"]["title"], "TopGun Admin API");
+    for (path, method) in [
+        ("/api/status", "get"),
+        ("/api/auth/login", "post"),
+        ("/api/admin/cluster/status", "get"),
+        ("/api/admin/maps", "get"),
+        ("/api/admin/settings", "get"),
+        ("/api/admin/settings", "put"),
+        ("/api/admin/policies", "get"),
+        ("/api/admin/policies", "post"),
+        ("/api/admin/policies/{id}", "delete"),
+        ("/api/openapi.json", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer_auth"]["scheme"],
+        "bearer"
+    );
+
+    // An independent validator (openapi-spec-validator, installed by scripts/test.sh).
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), serde_json::to_vec(&doc).expect("json")).expect("write");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(file.path())
+        .output()
+        .expect("python3 runs (scripts/test.sh installs openapi-spec-validator)");
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator rejected the document:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Swagger UI renders from assets the gateway serves itself.
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let redirect = no_redirect
+        .get(format!("{}/api/docs", server.http_url()))
+        .send()
+        .await
+        .expect("docs");
+    assert_eq!(redirect.status(), 303);
+    let page = http()
+        .get(format!("{}/api/docs/", server.http_url()))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    assert!(page.contains("/api/docs/swagger-ui-bundle.js") && page.contains("/api/openapi.json"));
+    let js = http()
+        .get(format!(
+            "{}/api/docs/swagger-ui-bundle.js",
+            server.http_url()
+        ))
+        .send()
+        .await
+        .expect("js");
+    assert_eq!(js.status(), 200);
+    assert!(js.bytes().await.expect("bytes").len() > 100_000);
+}
