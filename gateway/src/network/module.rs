@@ -50,7 +50,6 @@ pub enum ModuleError {
 }
 
 /// The gateway as a library component.
-#[derive(Debug)]
 pub struct NetworkModule {
     config: NetworkConfig,
     server: ServerConfig,
@@ -60,7 +59,19 @@ pub struct NetworkModule {
     admin_dir: Option<PathBuf>,
     log: Option<crate::logging::LogControl>,
     listener: Option<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     gateway: Option<Arc<Gateway>>,
+}
+
+impl std::fmt::Debug for NetworkModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkModule")
+            .field("config", &self.config)
+            .field("services", &self.services)
+            .field("tls", &self.tls.is_some())
+            .field("started", &self.listener.is_some())
+            .finish()
+    }
 }
 
 impl NetworkModule {
@@ -78,6 +89,7 @@ impl NetworkModule {
             admin_dir: None,
             log: None,
             listener: None,
+            tls: None,
             gateway: None,
         }
     }
@@ -139,6 +151,11 @@ impl NetworkModule {
             ),
             None => None,
         };
+        // Certificate problems are start-up errors, not first-connection surprises.
+        self.tls = match &self.config.tls {
+            Some(tls) => Some(super::tls::acceptor(tls).map_err(ModuleError::Config)?),
+            None => None,
+        };
         let listener = TcpListener::bind((self.config.host.as_str(), self.config.port)).await?;
         let port = listener.local_addr()?.port();
         self.config.port = port;
@@ -192,17 +209,62 @@ impl NetworkModule {
                 );
             }
         };
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(drain)
-        .await?;
+        match self.tls {
+            Some(acceptor) => serve_tls(listener, acceptor, app, drain).await,
+            None => {
+                axum::serve(
+                    listener,
+                    app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(drain)
+                .await?
+            }
+        }
         let _ = stop_tx.send(true);
         if gw.in_flight() == 0 {
             gw.advance(LifecycleState::Stopped);
         }
         Ok(())
+    }
+}
+
+/// Accepts TLS connections until `drain` resolves; each connection is served by hyper
+/// with upgrades enabled, so WebSockets work over `wss://`.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: Router,
+    drain: impl Future<Output = ()>,
+) {
+    tokio::pin!(drain);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut drain => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
     }
 }
 

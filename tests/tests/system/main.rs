@@ -7,5 +7,6 @@ mod durability;
 mod live_queries;
 mod merkle_sync;
 mod operations;
+mod tls;
 mod topics_rbac_http;
 mod writes_and_events;
