@@ -7,6 +7,7 @@
 //!
 //! Run: `cargo bench -p topgun-search --bench search -j 2`; results go to BENCH.md.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -31,14 +32,19 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, bound: usize) -> usize {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         ((self.0 >> 33) as usize) % bound
     }
 }
 
 /// A vocabulary of pronounceable words; picks are skewed so some words are common.
 fn vocabulary() -> Vec<String> {
-    let syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po", "da", "gu"];
+    let syllables = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "po", "da", "gu",
+    ];
     let mut words = Vec::new();
     for a in syllables {
         for b in syllables {
@@ -58,7 +64,10 @@ fn pick<'a>(rng: &mut Lcg, words: &'a [String]) -> &'a str {
 
 fn sentence(rng: &mut Lcg, words: &[String], min: usize, max: usize) -> String {
     let n = min + rng.next(max - min + 1);
-    (0..n).map(|_| pick(rng, words)).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| pick(rng, words))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -76,8 +85,14 @@ async fn engine_bench() {
     let docs: Vec<DocUpdate> = (0..DOCS)
         .map(|i| {
             let value = Value::Map(vec![
-                (Value::from("title"), Value::from(sentence(&mut rng, &words, 2, 6))),
-                (Value::from("body"), Value::from(sentence(&mut rng, &words, 8, 20))),
+                (
+                    Value::from("title"),
+                    Value::from(sentence(&mut rng, &words, 2, 6)),
+                ),
+                (
+                    Value::from("body"),
+                    Value::from(sentence(&mut rng, &words, 8, 20)),
+                ),
                 (Value::from("price"), Value::from(i as u64)),
             ]);
             DocUpdate::Lww {
@@ -109,9 +124,15 @@ async fn engine_bench() {
     let mut hits = 0usize;
     for _ in 0..QUERIES {
         let terms = 1 + rng.next(3);
-        let query = (0..terms).map(|_| pick(&mut rng, &words)).collect::<Vec<_>>().join(" ");
+        let query = (0..terms)
+            .map(|_| pick(&mut rng, &words))
+            .collect::<Vec<_>>()
+            .join(" ");
         let started = Instant::now();
-        let results = engine.search(SearchQuery::new("products", query)).await.expect("search");
+        let results = engine
+            .search(SearchQuery::new("products", query))
+            .await
+            .expect("search");
         latencies.push(started.elapsed());
         hits += results.len();
     }
@@ -139,6 +160,64 @@ fn put(clock: &mut Hlc, map: &str, key: String, text: String) -> Op {
     }
 }
 
+/// Writes [`LAG_SAMPLES`] matching records to `map`, `spacing` apart, and returns for
+/// each the time from the write's acknowledgement to its ENTER on a live search, sorted.
+async fn live_lag(
+    sync: &mut SyncServiceClient<tonic::transport::Channel>,
+    search: &mut SearchServiceClient<tonic::transport::Channel>,
+    clock: &mut Hlc,
+    map: &str,
+    spacing: Duration,
+) -> Vec<Duration> {
+    let request = SearchRequest {
+        map_name: map.into(),
+        query: "probe".into(),
+        limit: 10,
+        min_score: None,
+    };
+    let mut live = search
+        .subscribe_search(request)
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let _initial = live.next().await.expect("initial").expect("ok");
+    // Events are read concurrently so a batch of them is timed on arrival.
+    let reader = tokio::spawn(async move {
+        let mut arrivals = HashMap::new();
+        while arrivals.len() < LAG_SAMPLES {
+            let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+                .await
+                .expect("event in time")
+                .expect("open")
+                .expect("ok");
+            if let Some(search_event::Kind::Change(change)) = event.kind {
+                arrivals.insert(change.key, Instant::now());
+            }
+        }
+        arrivals
+    });
+    let mut acks = HashMap::new();
+    for i in 0..LAG_SAMPLES {
+        let op = put(clock, map, format!("k{i}"), format!("probe number {i}"));
+        sync.apply_batch(ApplyBatchRequest {
+            ops: vec![op],
+            write_concern: WriteConcern::Applied as i32,
+            origin: None,
+        })
+        .await
+        .expect("write");
+        acks.insert(format!("k{i}"), Instant::now());
+        tokio::time::sleep(spacing).await;
+    }
+    let arrivals = reader.await.expect("reader");
+    let mut lags: Vec<Duration> = acks
+        .iter()
+        .map(|(key, acked)| arrivals[key].saturating_duration_since(*acked))
+        .collect();
+    lags.sort();
+    lags
+}
+
 async fn end_to_end_bench() {
     let sync_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let sync_addr = sync_listener.local_addr().expect("addr");
@@ -153,7 +232,11 @@ async fn end_to_end_bench() {
         sync_addrs: vec![format!("http://{sync_addr}")],
         ..SearchConfig::default()
     };
-    tokio::spawn(topgun_search::serve_with_listener(search_listener, config, std::future::pending::<()>()));
+    tokio::spawn(topgun_search::serve_with_listener(
+        search_listener,
+        config,
+        std::future::pending::<()>(),
+    ));
 
     let mut sync = loop {
         if let Ok(client) = SyncServiceClient::connect(format!("http://{sync_addr}")).await {
@@ -174,41 +257,39 @@ async fn end_to_end_bench() {
         origin: None,
     };
     // The shard takes writes once loaded.
-    while sync.apply_batch(apply(vec![put(&mut clock, "warm", "w".into(), "up".into())])).await.is_err() {
+    while sync
+        .apply_batch(apply(vec![put(
+            &mut clock,
+            "warm",
+            "w".into(),
+            "up".into(),
+        )]))
+        .await
+        .is_err()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    let request = SearchRequest {
-        map_name: "lag".into(),
-        query: "probe".into(),
-        limit: 10,
-        min_score: None,
-    };
-    let mut live = search.subscribe_search(request).await.expect("subscribe").into_inner();
-    let _initial = live.next().await.expect("initial").expect("ok");
-    let mut lags = Vec::with_capacity(LAG_SAMPLES);
-    for i in 0..LAG_SAMPLES {
-        let op = put(&mut clock, "lag", format!("k{i}"), format!("probe number {i}"));
-        sync.apply_batch(apply(vec![op])).await.expect("write");
-        let acked = Instant::now();
-        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
-            .await
-            .expect("event in time")
-            .expect("open")
-            .expect("ok");
-        let lag = acked.elapsed();
-        assert!(matches!(event.kind, Some(search_event::Kind::Change(c)) if c.key == format!("k{i}")));
-        lags.push(lag);
-        // Spread the writes so each one waits for its own commit window.
-        tokio::time::sleep(Duration::from_millis(3)).await;
+    for (label, spacing) in [
+        ("isolated writes, 100 ms apart", 100u64),
+        ("steady writes, 2 ms apart", 2),
+    ] {
+        let map = format!("lag{spacing}");
+        let lags = live_lag(
+            &mut sync,
+            &mut search,
+            &mut clock,
+            &map,
+            Duration::from_millis(spacing),
+        )
+        .await;
+        println!(
+            "write ack -> live ENTER ({label}, {LAG_SAMPLES} writes, commit interval 50 ms): p50 {} p99 {} max {}",
+            ms(percentile(&lags, 0.50)),
+            ms(percentile(&lags, 0.99)),
+            ms(lags[lags.len() - 1])
+        );
     }
-    lags.sort();
-    println!(
-        "write ack -> live ENTER (commit interval 50 ms, {LAG_SAMPLES} writes): p50 {} p99 {} max {}",
-        ms(percentile(&lags, 0.50)),
-        ms(percentile(&lags, 0.99)),
-        ms(lags[lags.len() - 1])
-    );
 
     let words = vocabulary();
     let mut rng = Lcg(7);
@@ -216,14 +297,27 @@ async fn end_to_end_bench() {
     for chunk in (0..FEED_DOCS).collect::<Vec<_>>().chunks(500) {
         let ops = chunk
             .iter()
-            .map(|i| put(&mut clock, "feed", format!("f{i}"), sentence(&mut rng, &words, 8, 20)))
+            .map(|i| {
+                put(
+                    &mut clock,
+                    "feed",
+                    format!("f{i}"),
+                    sentence(&mut rng, &words, 8, 20),
+                )
+            })
             .collect();
         sync.apply_batch(apply(ops)).await.expect("write");
     }
     let written = started.elapsed();
     loop {
-        let status = search.index_status(IndexStatusRequest {}).await.expect("status").into_inner();
-        if status.shards.iter().all(|s| s.lag_events == 0) && status.documents >= (FEED_DOCS + LAG_SAMPLES + 1) as u64 {
+        let status = search
+            .index_status(IndexStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        if status.shards.iter().all(|s| s.lag_events == 0)
+            && status.documents >= (FEED_DOCS + LAG_SAMPLES + 1) as u64
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,13 +9,18 @@ use crate::maps::IndexedMaps;
 
 /// Default gRPC listen address.
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50052";
-/// Default commit interval in milliseconds (how long a write may wait to be searchable).
+/// Default commit interval in milliseconds: the minimum time between commits, so the
+/// longest a write waits to become searchable under load.
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 50;
 
 /// Settings of the search service. Every field can be given as a flag or through the
 /// environment variable named in its `env` attribute.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "search-service", version, about = "TopGun search service (gRPC)")]
+#[command(
+    name = "search-service",
+    version,
+    about = "TopGun search service (gRPC)"
+)]
 pub struct SearchConfig {
     /// gRPC listen address.
     #[arg(long, env = "SEARCH_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
@@ -40,7 +45,8 @@ pub struct SearchConfig {
     #[arg(long, env = "TOPGUN_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
 
-    /// Milliseconds between a change and the commit that makes it searchable.
+    /// Minimum milliseconds between commits; a write after a quiet spell is committed at
+    /// once, writes under load wait at most this long to become searchable.
     #[arg(long, env = "SEARCH_COMMIT_INTERVAL_MS", default_value_t = DEFAULT_COMMIT_INTERVAL_MS)]
     pub commit_interval_ms: u64,
 }
@@ -109,7 +115,10 @@ mod tests {
             "a,b",
         ])
         .expect("parse");
-        assert_eq!(parsed.shard_addrs(), vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(
+            parsed.shard_addrs(),
+            vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
         assert!(parsed.engine_config().indexed_maps.contains("b"));
         assert!(!parsed.engine_config().indexed_maps.contains("c"));
     }

@@ -90,7 +90,9 @@ impl DocState {
         }
         let generation = from.map_or(0, |f| f.generation);
         match update {
-            DocUpdate::Lww { timestamp, value, .. } => {
+            DocUpdate::Lww {
+                timestamp, value, ..
+            } => {
                 if let Some(held) = &mut self.lww {
                     // Same or older record: a replay after a reconnect or a rescan.
                     if *timestamp <= held.timestamp {
@@ -206,11 +208,17 @@ mod tests {
         DocUpdate::Or {
             map: "m".into(),
             key: "k".into(),
-            values: values.iter().map(|v| encode_value(&Value::from(*v))).collect(),
+            values: values
+                .iter()
+                .map(|v| encode_value(&Value::from(*v)))
+                .collect(),
         }
     }
 
-    const SHARD0: Option<Provenance> = Some(Provenance { shard: 0, generation: 1 });
+    const SHARD0: Option<Provenance> = Some(Provenance {
+        shard: 0,
+        generation: 1,
+    });
 
     #[test]
     fn older_lww_records_are_ignored_and_tombstones_stick() {
@@ -235,7 +243,10 @@ mod tests {
         assert!(doc.apply(&or(&["red apple", "green pear"]), SHARD0));
         assert_eq!(doc.text(), "red apple green pear");
         let value = decode_value(doc.value().expect("live")).expect("msgpack");
-        assert_eq!(value, Value::Array(vec![Value::from("red apple"), Value::from("green pear")]));
+        assert_eq!(
+            value,
+            Value::Array(vec![Value::from("red apple"), Value::from("green pear")])
+        );
         assert!(!doc.apply(&or(&["red apple", "green pear"]), SHARD0));
         assert!(doc.apply(&or(&[]), SHARD0));
         assert!(!doc.is_live());
@@ -248,17 +259,32 @@ mod tests {
         doc.apply(&or(&["entry"]), SHARD0);
         doc.apply(&lww(1, Some("record")), SHARD0);
         assert_eq!(doc.text(), "record entry");
-        assert_eq!(doc.value(), Some(encode_value(&Value::from("record")).as_slice()));
+        assert_eq!(
+            doc.value(),
+            Some(encode_value(&Value::from("record")).as_slice())
+        );
     }
 
     #[test]
     fn sweep_drops_what_a_newer_scan_did_not_see() {
         let mut doc = DocState::default();
-        doc.apply(&lww(1, Some("x")), Some(Provenance { shard: 2, generation: 1 }));
+        doc.apply(
+            &lww(1, Some("x")),
+            Some(Provenance {
+                shard: 2,
+                generation: 1,
+            }),
+        );
         assert!(!doc.sweep(1, 5), "another shard's key is untouched");
         assert!(!doc.sweep(2, 1), "seen by this generation");
         // Seen again by scan 2 (an ignored replay still counts as seen).
-        doc.apply(&lww(1, Some("x")), Some(Provenance { shard: 2, generation: 2 }));
+        doc.apply(
+            &lww(1, Some("x")),
+            Some(Provenance {
+                shard: 2,
+                generation: 2,
+            }),
+        );
         assert!(!doc.sweep(2, 2));
         assert!(doc.sweep(2, 3));
         assert!(doc.is_empty());

@@ -23,7 +23,8 @@ use crate::text_index::TextIndex;
 
 /// Results returned when a request does not say how many (§2.3).
 pub const DEFAULT_LIMIT: usize = 10;
-/// Default time between the first pending change and the commit that makes it visible.
+/// Default minimum time between two commits: a change after a quiet spell is committed
+/// at once, changes under load wait at most this long to become searchable.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// Pending documents that force a commit before the interval is over, so a bulk load
 /// does not build one huge uncommitted segment.
@@ -462,7 +463,8 @@ mod tests {
             map: map.into(),
             key: key.into(),
             timestamp: Timestamp::new(millis, 0, "test"),
-            value: title.map(|t| encode_value(&Value::Map(vec![(Value::from("title"), Value::from(t))]))),
+            value: title
+                .map(|t| encode_value(&Value::Map(vec![(Value::from("title"), Value::from(t))]))),
         }
     }
 
@@ -482,19 +484,38 @@ mod tests {
     async fn search_returns_values_in_score_order() {
         let engine = engine_with(vec![
             put("articles", "a1", 1, Some("Intro to machine learning")),
-            put("articles", "a2", 1, Some("Machine learning, machine learning everywhere")),
+            put(
+                "articles",
+                "a2",
+                1,
+                Some("Machine learning, machine learning everywhere"),
+            ),
             put("articles", "a3", 1, Some("Cooking pasta")),
             put("other", "o1", 1, Some("machine")),
         ])
         .await;
-        let hits = engine.search(SearchQuery::new("articles", "Machine LEARNING")).await.expect("search");
+        let hits = engine
+            .search(SearchQuery::new("articles", "Machine LEARNING"))
+            .await
+            .expect("search");
         let keys: Vec<&str> = hits.iter().map(|h| h.key.as_str()).collect();
         assert_eq!(keys, vec!["a2", "a1"]);
         assert!(hits[0].score > hits[1].score);
-        assert_eq!(title_of(hits[1].value.as_deref().expect("value")), "Intro to machine learning");
+        assert_eq!(
+            title_of(hits[1].value.as_deref().expect("value")),
+            "Intro to machine learning"
+        );
         assert_eq!(hits[0].matched_terms, vec!["machine", "learning"]);
-        assert!(engine.search(SearchQuery::new("missing", "machine")).await.expect("search").is_empty());
-        assert!(engine.search(SearchQuery::new("articles", "title:machine")).await.expect("ok").is_empty());
+        assert!(engine
+            .search(SearchQuery::new("missing", "machine"))
+            .await
+            .expect("search")
+            .is_empty());
+        assert!(engine
+            .search(SearchQuery::new("articles", "title:machine"))
+            .await
+            .expect("ok")
+            .is_empty());
         assert_eq!(engine.stats().documents, 4);
         engine.shutdown().await;
     }
@@ -503,17 +524,34 @@ mod tests {
     async fn min_score_applies_after_the_limit() {
         let engine = engine_with(vec![
             put("m", "strong", 1, Some("rust rust rust")),
-            put("m", "weak", 1, Some("rust and a lot of other words in this long title")),
+            put(
+                "m",
+                "weak",
+                1,
+                Some("rust and a lot of other words in this long title"),
+            ),
         ])
         .await;
-        let all = engine.search(SearchQuery::new("m", "rust")).await.expect("search");
+        let all = engine
+            .search(SearchQuery::new("m", "rust"))
+            .await
+            .expect("search");
         assert_eq!(all.len(), 2);
         let threshold = f64::from(all[0].score + all[1].score) / 2.0;
-        let query = SearchQuery { min_score: threshold, ..SearchQuery::new("m", "rust") };
+        let query = SearchQuery {
+            min_score: threshold,
+            ..SearchQuery::new("m", "rust")
+        };
         let kept = engine.search(query.clone()).await.expect("search");
-        assert_eq!(kept.iter().map(|h| h.key.as_str()).collect::<Vec<_>>(), vec!["strong"]);
+        assert_eq!(
+            kept.iter().map(|h| h.key.as_str()).collect::<Vec<_>>(),
+            vec!["strong"]
+        );
         // limit 1 takes the best first; the minimum then removes nothing more.
-        let one = engine.search(SearchQuery { limit: 1, ..query }).await.expect("search");
+        let one = engine
+            .search(SearchQuery { limit: 1, ..query })
+            .await
+            .expect("search");
         assert_eq!(one.len(), 1);
         engine.shutdown().await;
     }
@@ -521,13 +559,27 @@ mod tests {
     #[tokio::test]
     async fn removed_records_leave_the_index_and_stale_writes_are_ignored() {
         let engine = engine_with(vec![put("m", "k", 5, Some("ephemeral note"))]).await;
-        engine.apply(vec![put("m", "k", 6, None)]).await.expect("remove");
+        engine
+            .apply(vec![put("m", "k", 6, None)])
+            .await
+            .expect("remove");
         engine.flush().await.expect("flush");
-        assert!(engine.search(SearchQuery::new("m", "ephemeral")).await.expect("search").is_empty());
+        assert!(engine
+            .search(SearchQuery::new("m", "ephemeral"))
+            .await
+            .expect("search")
+            .is_empty());
         // A delayed older put must not resurrect the record.
-        engine.apply(vec![put("m", "k", 4, Some("ephemeral again"))]).await.expect("apply");
+        engine
+            .apply(vec![put("m", "k", 4, Some("ephemeral again"))])
+            .await
+            .expect("apply");
         engine.flush().await.expect("flush");
-        assert!(engine.search(SearchQuery::new("m", "ephemeral")).await.expect("search").is_empty());
+        assert!(engine
+            .search(SearchQuery::new("m", "ephemeral"))
+            .await
+            .expect("search")
+            .is_empty());
         assert_eq!(engine.stats().documents, 0);
         engine.shutdown().await;
     }
@@ -549,7 +601,9 @@ mod tests {
         let engine = engine_with(vec![put("p", "p1", 1, Some("wireless mouse"))]).await;
         let query = SearchQuery::new("p", "wireless");
         let mut stream = engine.subscribe(query).await.expect("subscribe");
-        let Some(Ok(SearchEvent { kind: Some(search_event::Kind::Initial(initial)) })) = stream.next().await
+        let Some(Ok(SearchEvent {
+            kind: Some(search_event::Kind::Initial(initial)),
+        })) = stream.next().await
         else {
             panic!("initial results first");
         };
@@ -557,31 +611,61 @@ mod tests {
         assert_eq!(initial.hits[0].key, "p1");
 
         // A new matching document enters.
-        engine.apply(vec![put("p", "p2", 1, Some("wireless keyboard"))]).await.expect("apply");
+        engine
+            .apply(vec![put("p", "p2", 1, Some("wireless keyboard"))])
+            .await
+            .expect("apply");
         let enter = next_change(&mut stream).await;
-        assert_eq!((enter.key.as_str(), enter.change_type), ("p2", ChangeType::Enter as i32));
+        assert_eq!(
+            (enter.key.as_str(), enter.change_type),
+            ("p2", ChangeType::Enter as i32)
+        );
         assert_eq!(title_of(&enter.value), "wireless keyboard");
         assert!(enter.score > 0.0);
         assert_eq!(enter.matched_terms, vec!["wireless"]);
 
         // A write to a still-matching document is an UPDATE.
-        engine.apply(vec![put("p", "p1", 2, Some("wireless wireless mouse"))]).await.expect("apply");
+        engine
+            .apply(vec![put("p", "p1", 2, Some("wireless wireless mouse"))])
+            .await
+            .expect("apply");
         let update = next_change(&mut stream).await;
-        assert_eq!((update.key.as_str(), update.change_type), ("p1", ChangeType::Update as i32));
+        assert_eq!(
+            (update.key.as_str(), update.change_type),
+            ("p1", ChangeType::Update as i32)
+        );
 
         // Writing the term away is a LEAVE; so is removing the record.
-        engine.apply(vec![put("p", "p1", 3, Some("bluetooth mouse"))]).await.expect("apply");
+        engine
+            .apply(vec![put("p", "p1", 3, Some("bluetooth mouse"))])
+            .await
+            .expect("apply");
         let leave = next_change(&mut stream).await;
-        assert_eq!((leave.key.as_str(), leave.change_type), ("p1", ChangeType::Leave as i32));
+        assert_eq!(
+            (leave.key.as_str(), leave.change_type),
+            ("p1", ChangeType::Leave as i32)
+        );
         assert_eq!((leave.score, leave.matched_terms.len()), (0.0, 0));
         assert_eq!(leave.value, crate::NIL_MSGPACK);
-        engine.apply(vec![put("p", "p2", 2, None)]).await.expect("apply");
+        engine
+            .apply(vec![put("p", "p2", 2, None)])
+            .await
+            .expect("apply");
         let removed = next_change(&mut stream).await;
-        assert_eq!((removed.key.as_str(), removed.change_type), ("p2", ChangeType::Leave as i32));
+        assert_eq!(
+            (removed.key.as_str(), removed.change_type),
+            ("p2", ChangeType::Leave as i32)
+        );
 
         // Writes that never matched send nothing; the next matching one does.
-        engine.apply(vec![put("p", "p3", 1, Some("usb cable"))]).await.expect("apply");
-        engine.apply(vec![put("p", "p4", 1, Some("wireless charger"))]).await.expect("apply");
+        engine
+            .apply(vec![put("p", "p3", 1, Some("usb cable"))])
+            .await
+            .expect("apply");
+        engine
+            .apply(vec![put("p", "p4", 1, Some("wireless charger"))])
+            .await
+            .expect("apply");
         let enter = next_change(&mut stream).await;
         assert_eq!(enter.key, "p4");
 
@@ -594,13 +678,25 @@ mod tests {
     #[tokio::test]
     async fn live_search_on_a_new_map_and_min_score() {
         let engine = SearchEngine::start(EngineConfig::default()).expect("start");
-        let query = SearchQuery { min_score: 1e9, ..SearchQuery::new("fresh", "hello") };
+        let query = SearchQuery {
+            min_score: 1e9,
+            ..SearchQuery::new("fresh", "hello")
+        };
         let mut strict = engine.subscribe(query).await.expect("subscribe");
-        let mut open = engine.subscribe(SearchQuery::new("fresh", "hello")).await.expect("subscribe");
+        let mut open = engine
+            .subscribe(SearchQuery::new("fresh", "hello"))
+            .await
+            .expect("subscribe");
         assert!(matches!(strict.next().await, Some(Ok(_))));
         assert!(matches!(open.next().await, Some(Ok(_))));
-        engine.apply(vec![put("fresh", "k", 1, Some("hello"))]).await.expect("apply");
-        assert_eq!(next_change(&mut open).await.change_type, ChangeType::Enter as i32);
+        engine
+            .apply(vec![put("fresh", "k", 1, Some("hello"))])
+            .await
+            .expect("apply");
+        assert_eq!(
+            next_change(&mut open).await.change_type,
+            ChangeType::Enter as i32
+        );
         engine.flush().await.expect("flush");
         let nothing = tokio::time::timeout(Duration::from_millis(200), strict.next()).await;
         assert!(nothing.is_err(), "below minScore: no event");
@@ -609,20 +705,52 @@ mod tests {
 
     #[tokio::test]
     async fn unindexing_a_map_ends_its_live_searches() {
-        let engine = engine_with(vec![put("a", "k", 1, Some("hello")), put("b", "k", 1, Some("hello"))]).await;
-        let mut stream = engine.subscribe(SearchQuery::new("a", "hello")).await.expect("subscribe");
+        let engine = engine_with(vec![
+            put("a", "k", 1, Some("hello")),
+            put("b", "k", 1, Some("hello")),
+        ])
+        .await;
+        let mut stream = engine
+            .subscribe(SearchQuery::new("a", "hello"))
+            .await
+            .expect("subscribe");
         assert!(matches!(stream.next().await, Some(Ok(_))));
-        engine.set_indexed_maps(IndexedMaps::parse("b")).await.expect("set");
+        engine
+            .set_indexed_maps(IndexedMaps::parse("b"))
+            .await
+            .expect("set");
         let leave = next_change(&mut stream).await;
         assert_eq!(leave.change_type, ChangeType::Leave as i32);
-        let end = stream.next().await.and_then(Result::err).expect("ends with a status");
+        let end = stream
+            .next()
+            .await
+            .and_then(Result::err)
+            .expect("ends with a status");
         assert_eq!(end.code(), tonic::Code::FailedPrecondition);
-        assert!(engine.search(SearchQuery::new("a", "hello")).await.expect("search").is_empty());
-        assert_eq!(engine.search(SearchQuery::new("b", "hello")).await.expect("search").len(), 1);
+        assert!(engine
+            .search(SearchQuery::new("a", "hello"))
+            .await
+            .expect("search")
+            .is_empty());
+        assert_eq!(
+            engine
+                .search(SearchQuery::new("b", "hello"))
+                .await
+                .expect("search")
+                .len(),
+            1
+        );
         // Writes to an excluded map are ignored.
-        engine.apply(vec![put("a", "k2", 1, Some("hello"))]).await.expect("apply");
+        engine
+            .apply(vec![put("a", "k2", 1, Some("hello"))])
+            .await
+            .expect("apply");
         engine.flush().await.expect("flush");
-        assert!(engine.search(SearchQuery::new("a", "hello")).await.expect("search").is_empty());
+        assert!(engine
+            .search(SearchQuery::new("a", "hello"))
+            .await
+            .expect("search")
+            .is_empty());
         engine.shutdown().await;
         assert!(matches!(engine.flush().await, Err(SearchError::Stopped)));
     }
@@ -630,11 +758,24 @@ mod tests {
     #[tokio::test]
     async fn folder_backed_indexes_work_like_memory_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = EngineConfig { index_dir: Some(dir.path().to_path_buf()), ..EngineConfig::default() };
+        let config = EngineConfig {
+            index_dir: Some(dir.path().to_path_buf()),
+            ..EngineConfig::default()
+        };
         let engine = SearchEngine::start(config).expect("start");
-        engine.apply(vec![put("m/../x", "k", 1, Some("on disk"))]).await.expect("apply");
+        engine
+            .apply(vec![put("m/../x", "k", 1, Some("on disk"))])
+            .await
+            .expect("apply");
         engine.flush().await.expect("flush");
-        assert_eq!(engine.search(SearchQuery::new("m/../x", "disk")).await.expect("search").len(), 1);
+        assert_eq!(
+            engine
+                .search(SearchQuery::new("m/../x", "disk"))
+                .await
+                .expect("search")
+                .len(),
+            1
+        );
         assert!(dir.path().join("map-m%2F%2E%2E%2Fx").is_dir());
         engine.shutdown().await;
     }

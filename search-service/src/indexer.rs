@@ -71,7 +71,8 @@ impl Pending {
                 keys.insert(key.to_string());
             }
             None => {
-                self.dirty.insert(map.to_string(), BTreeSet::from([key.to_string()]));
+                self.dirty
+                    .insert(map.to_string(), BTreeSet::from([key.to_string()]));
             }
         }
     }
@@ -85,15 +86,22 @@ impl Pending {
 /// handle is gone.
 pub(crate) fn run(shared: &Shared, commands: &Receiver<Command>, settings: &Settings) {
     let mut pending = Pending::default();
+    // Commits are at least `commit_interval` apart. A change arriving after a quiet
+    // spell is committed at once (after whatever is already queued), so sparse writes
+    // are searchable in milliseconds; under load, changes batch up for one interval.
+    let mut last_commit = Instant::now()
+        .checked_sub(settings.commit_interval)
+        .unwrap_or_else(Instant::now);
     loop {
         let command = match pending.since {
             None => commands.recv().ok(),
             Some(since) => {
-                let wait = (since + settings.commit_interval).saturating_duration_since(Instant::now());
-                match commands.recv_timeout(wait) {
+                let due = since.max(last_commit + settings.commit_interval);
+                match commands.recv_timeout(due.saturating_duration_since(Instant::now())) {
                     Ok(command) => Some(command),
                     Err(RecvTimeoutError::Timeout) => {
                         commit(shared, &mut pending);
+                        last_commit = Instant::now();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => None,
@@ -103,15 +111,22 @@ pub(crate) fn run(shared: &Shared, commands: &Receiver<Command>, settings: &Sett
         match command {
             Some(Command::Apply { updates, origin }) => {
                 apply(shared, &mut pending, updates, origin.as_ref());
-                if let Some(Origin { committed: Some(mark), .. }) = origin {
+                if let Some(Origin {
+                    committed: Some(mark),
+                    ..
+                }) = origin
+                {
                     pending.since.get_or_insert_with(Instant::now);
                     pending.committed.push(mark);
                 }
                 if pending.changes >= settings.max_pending_docs {
                     commit(shared, &mut pending);
+                    last_commit = Instant::now();
                 }
             }
-            Some(Command::EndScan { shard, generation }) => sweep(shared, &mut pending, shard, generation),
+            Some(Command::EndScan { shard, generation }) => {
+                sweep(shared, &mut pending, shard, generation)
+            }
             Some(Command::Unindex) => {
                 commit(shared, &mut pending);
                 unindex(shared);
@@ -119,6 +134,7 @@ pub(crate) fn run(shared: &Shared, commands: &Receiver<Command>, settings: &Sett
             Some(Command::Flush(done)) => {
                 pending.waiters.push(done);
                 commit(shared, &mut pending);
+                last_commit = Instant::now();
             }
             Some(Command::Stop) | None => {
                 commit(shared, &mut pending);
@@ -162,9 +178,13 @@ fn apply(shared: &Shared, pending: &mut Pending, updates: Vec<DocUpdate>, origin
         let action = {
             let mut docs = state.docs.write();
             let doc = docs.entry(key.to_string()).or_default();
-            let action = doc
-                .apply(&update, provenance)
-                .then(|| if doc.is_live() { IndexAction::Upsert(doc.text()) } else { IndexAction::Delete });
+            let action = doc.apply(&update, provenance).then(|| {
+                if doc.is_live() {
+                    IndexAction::Upsert(doc.text())
+                } else {
+                    IndexAction::Delete
+                }
+            });
             if doc.is_empty() {
                 docs.remove(key);
             }
@@ -186,8 +206,12 @@ fn apply(shared: &Shared, pending: &mut Pending, updates: Vec<DocUpdate>, origin
 }
 
 fn sweep(shared: &Shared, pending: &mut Pending, shard: usize, generation: u64) {
-    let maps: Vec<(String, Arc<MapState>)> =
-        shared.maps.read().iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+    let maps: Vec<(String, Arc<MapState>)> = shared
+        .maps
+        .read()
+        .iter()
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
     let mut swept = 0usize;
     for (name, state) in maps {
         let mut gone = Vec::new();
@@ -204,7 +228,12 @@ fn sweep(shared: &Shared, pending: &mut Pending, shard: usize, generation: u64) 
         }
     }
     if swept > 0 {
-        tracing::info!(shard, generation, swept, "removed documents the shard no longer holds");
+        tracing::info!(
+            shard,
+            generation,
+            swept,
+            "removed documents the shard no longer holds"
+        );
     }
 }
 
@@ -242,7 +271,11 @@ fn commit(shared: &Shared, pending: &mut Pending) {
         let _ = waiter.send(());
     }
     if documents > 0 {
-        tracing::trace!(documents, elapsed_ms = started.elapsed().as_millis() as u64, "committed");
+        tracing::trace!(
+            documents,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "committed"
+        );
     }
 }
 
@@ -253,10 +286,11 @@ fn notify(shared: &Shared, state: &MapState, registry: &mut LiveRegistry, keys: 
     registry.subs_mut().retain_mut(|sub| {
         let scores = match &sub.query {
             None => HashMap::new(),
-            Some(query) => match state
-                .text
-                .score_keys(&searcher, query.as_ref(), keys.iter().map(String::as_str))
-            {
+            Some(query) => match state.text.score_keys(
+                &searcher,
+                query.as_ref(),
+                keys.iter().map(String::as_str),
+            ) {
                 Ok(scores) => scores,
                 Err(error) => {
                     // Sending LEAVEs on an internal error would be a lie; skip the round.
@@ -266,8 +300,11 @@ fn notify(shared: &Shared, state: &MapState, registry: &mut LiveRegistry, keys: 
             },
         };
         for key in keys {
-            let Some(change) = classify(sub.cache.contains(key), scores.get(key).copied(), sub.min_score)
-            else {
+            let Some(change) = classify(
+                sub.cache.contains(key),
+                scores.get(key).copied(),
+                sub.min_score,
+            ) else {
                 continue;
             };
             if change == LiveChange::Leave {
@@ -298,7 +335,11 @@ fn unindex(shared: &Shared) {
     let removed: Vec<(String, Arc<MapState>)> = {
         let mut maps = shared.maps.write();
         let indexed = shared.indexed.read();
-        let names: Vec<String> = maps.keys().filter(|m| !indexed.contains(m)).cloned().collect();
+        let names: Vec<String> = maps
+            .keys()
+            .filter(|m| !indexed.contains(m))
+            .cloned()
+            .collect();
         names
             .into_iter()
             .filter_map(|name| maps.remove(&name).map(|state| (name, state)))
@@ -313,7 +354,9 @@ fn unindex(shared: &Shared) {
                     break;
                 }
             }
-            sub.end_with(Status::failed_precondition(format!("map '{map}' is no longer indexed")));
+            sub.end_with(Status::failed_precondition(format!(
+                "map '{map}' is no longer indexed"
+            )));
         }
         registry.subs_mut().clear();
         tracing::info!(map, "map no longer indexed, index dropped");

@@ -188,7 +188,9 @@ pub struct LiveSearch {
 
 impl std::fmt::Debug for LiveSearch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LiveSearch").field("done", &self.done).finish()
+        f.debug_struct("LiveSearch")
+            .field("done", &self.done)
+            .finish()
     }
 }
 
@@ -246,15 +248,28 @@ mod tests {
     #[test]
     fn classify_follows_the_live_search_algorithm() {
         // Not in the result set.
-        assert_eq!(classify(false, Some(1.5), 0.0), Some(LiveChange::Enter(1.5)));
+        assert_eq!(
+            classify(false, Some(1.5), 0.0),
+            Some(LiveChange::Enter(1.5))
+        );
         assert_eq!(classify(false, None, 0.0), None);
-        assert_eq!(classify(false, Some(0.4), 0.5), None, "below minScore never enters");
+        assert_eq!(
+            classify(false, Some(0.4), 0.5),
+            None,
+            "below minScore never enters"
+        );
         // In the result set.
-        assert_eq!(classify(true, Some(2.0), 0.0), Some(LiveChange::Update(2.0)));
+        assert_eq!(
+            classify(true, Some(2.0), 0.0),
+            Some(LiveChange::Update(2.0))
+        );
         assert_eq!(classify(true, None, 0.0), Some(LiveChange::Leave));
         assert_eq!(classify(true, Some(0.4), 0.5), Some(LiveChange::Leave));
         // minScore is inclusive.
-        assert_eq!(classify(false, Some(0.5), 0.5), Some(LiveChange::Enter(0.5)));
+        assert_eq!(
+            classify(false, Some(0.5), 0.5),
+            Some(LiveChange::Enter(0.5))
+        );
     }
 
     #[test]
@@ -281,7 +296,9 @@ mod tests {
 
     fn initial() -> SearchEvent {
         SearchEvent {
-            kind: Some(search_event::Kind::Initial(SearchResponse { hits: Vec::new() })),
+            kind: Some(search_event::Kind::Initial(SearchResponse {
+                hits: Vec::new(),
+            })),
         }
     }
 

@@ -84,7 +84,10 @@ mod tests {
     fn map_folders_are_safe_and_distinct() {
         let root = Path::new("/idx");
         assert_eq!(map_folder(root, "todos"), Path::new("/idx/map-todos"));
-        assert_eq!(map_folder(root, "../etc"), Path::new("/idx/map-%2E%2E%2Fetc"));
+        assert_eq!(
+            map_folder(root, "../etc"),
+            Path::new("/idx/map-%2E%2E%2Fetc")
+        );
         assert_ne!(map_folder(root, "a b"), map_folder(root, "a%20b"));
         assert_eq!(map_folder(root, ""), Path::new("/idx/map-"));
     }

@@ -33,11 +33,16 @@ pub async fn serve(
     config: SearchConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SearchError> {
-    let listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| SearchError::Io {
-        context: format!("cannot bind SEARCH_GRPC_ADDR {}", config.grpc_addr),
-        source,
-    })?;
-    tracing::info!(addr = %config.grpc_addr, "search service listening");
+    let listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|source| SearchError::Io {
+            context: format!("cannot bind SEARCH_GRPC_ADDR {}", config.grpc_addr),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| config.grpc_addr.to_string(), |a| a.to_string());
+    tracing::info!(addr = %local, "search service listening");
     serve_with_listener(listener, config, shutdown).await
 }
 
@@ -90,7 +95,10 @@ pub async fn serve_engine(
             reason: e.to_string(),
         })?;
     let search = SearchServiceServer::new(SearchGrpc::new(engine.clone(), Some(ingest)));
-    let search = InterceptedService::new(search, TokenCheck::new(config.internal_token.clone()).interceptor());
+    let search = InterceptedService::new(
+        search,
+        TokenCheck::new(config.internal_token.clone()).interceptor(),
+    );
 
     let (draining_tx, mut draining_rx) = watch::channel(false);
     let signal = {

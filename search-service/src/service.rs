@@ -4,8 +4,7 @@
 use tonic::{Request, Response, Status};
 use topgun_proto::grpc::search::search_service_server::SearchService;
 use topgun_proto::grpc::search::{
-    IndexStatusRequest, IndexStatusResponse, SearchHit, SearchRequest,
-    SearchResponse, ShardLag,
+    IndexStatusRequest, IndexStatusResponse, SearchHit, SearchRequest, SearchResponse, ShardLag,
 };
 
 use crate::engine::{SearchEngine, SearchQuery, DEFAULT_LIMIT};
@@ -42,7 +41,10 @@ pub fn query_from(request: SearchRequest) -> SearchQuery {
 
 #[tonic::async_trait]
 impl SearchService for SearchGrpc {
-    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
         let query = query_from(request.into_inner());
         tracing::debug!(map = %query.map, query = %query.query, "search");
         let hits = self.engine.search(query).await?;

@@ -44,7 +44,11 @@ pub fn append_text(value: &Value, out: &mut String) {
 pub fn matched_terms(query: &str) -> Vec<String> {
     query
         .split_whitespace()
-        .map(|piece| piece.trim_matches(|c: char| !c.is_alphanumeric()).to_lowercase())
+        .map(|piece| {
+            piece
+                .trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
         .filter(|piece| !piece.is_empty())
         .collect()
 }
@@ -110,7 +114,10 @@ mod tests {
             matched_terms("\"Wireless\" +mouse -Pad"),
             vec!["wireless", "mouse", "pad"]
         );
-        assert_eq!(matched_terms("  machine\tlearning \n"), vec!["machine", "learning"]);
+        assert_eq!(
+            matched_terms("  machine\tlearning \n"),
+            vec!["machine", "learning"]
+        );
         assert_eq!(matched_terms("(a OR b)^2 -- ++"), vec!["a", "or", "b)^2"]);
         assert!(matched_terms("").is_empty());
         assert_eq!(matched_terms("Ünïcode"), vec!["ünïcode"]);

@@ -35,7 +35,9 @@ pub struct TextIndex {
 
 impl std::fmt::Debug for TextIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextIndex").field("docs", &self.num_docs()).finish()
+        f.debug_struct("TextIndex")
+            .field("docs", &self.num_docs())
+            .finish()
     }
 }
 
@@ -86,7 +88,10 @@ impl TextIndex {
         let writer = index.writer_with_options(options)?;
         // Manual reloads: the indexer reloads right after each commit, and live search
         // must know exactly which commit a searcher reflects.
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
         let parser = QueryParser::for_index(&index, vec![text]);
         Ok(TextIndex {
             index,
@@ -111,7 +116,9 @@ impl TextIndex {
 
     /// Removes the document of `key` (visible after the next [`Self::commit`]).
     pub fn delete(&self, key: &str) {
-        self.writer.lock().delete_term(Term::from_field_text(self.key, key));
+        self.writer
+            .lock()
+            .delete_term(Term::from_field_text(self.key, key));
     }
 
     /// Commits pending changes and makes them visible to new searchers. Blocking.
@@ -185,7 +192,10 @@ impl TextIndex {
                 };
                 while postings.doc() != TERMINATED {
                     let doc = postings.doc();
-                    if segment.alive_bitset().is_none_or(|alive| alive.is_alive(doc)) {
+                    if segment
+                        .alive_bitset()
+                        .is_none_or(|alive| alive.is_alive(doc))
+                    {
                         targets.push((doc, key));
                     }
                     postings.advance();
@@ -233,7 +243,9 @@ mod tests {
         let Some(parsed) = index.parse(query) else {
             return Vec::new();
         };
-        index.top(&index.searcher(), parsed.as_ref(), limit).expect("search")
+        index
+            .top(&index.searcher(), parsed.as_ref(), limit)
+            .expect("search")
     }
 
     fn keys(hits: &[(String, f32)]) -> Vec<&str> {
@@ -262,7 +274,10 @@ mod tests {
         assert_eq!(keys(&top(&index, "MACHINE", 10)), vec!["a"]);
         assert_eq!(keys(&top(&index, "learning", 10)), vec!["a"]);
         assert!(top(&index, "run", 10).is_empty(), "no stemming");
-        assert!(top(&index, &long, 10).is_empty(), "tokens of 40+ bytes are dropped");
+        assert!(
+            top(&index, &long, 10).is_empty(),
+            "tokens of 40+ bytes are dropped"
+        );
     }
 
     #[test]
@@ -306,7 +321,9 @@ mod tests {
         let all = index.top(&searcher, query.as_ref(), 100).expect("search");
         assert_eq!(all.len(), 25);
         let wanted = ["k3", "k17", "k24", "missing"];
-        let scores = index.score_keys(&searcher, query.as_ref(), wanted).expect("score");
+        let scores = index
+            .score_keys(&searcher, query.as_ref(), wanted)
+            .expect("score");
         assert_eq!(scores.len(), 3);
         for (key, score) in &all {
             if let Some(live) = scores.get(key) {
@@ -314,7 +331,10 @@ mod tests {
             }
         }
         let none = index.parse("banana").expect("parses");
-        assert!(index.score_keys(&searcher, none.as_ref(), wanted).expect("score").is_empty());
+        assert!(index
+            .score_keys(&searcher, none.as_ref(), wanted)
+            .expect("score")
+            .is_empty());
     }
 
     #[test]

@@ -58,7 +58,11 @@ where
             panic!("service failed: {error}");
         }
     });
-    Running { addr, stop: Some(stop), task }
+    Running {
+        addr,
+        stop: Some(stop),
+        task,
+    }
 }
 
 async fn start_sync() -> Running {
@@ -95,14 +99,21 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 async fn channel(addr: SocketAddr) -> Channel {
     eventually("a connection", || async move {
-        Channel::from_shared(format!("http://{addr}")).ok()?.connect().await.ok()
+        Channel::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()
     })
     .await
 }
@@ -215,7 +226,11 @@ fn search_request(map: &str, query: &str) -> SearchRequest {
     }
 }
 
-async fn search(client: &SearchServiceClient<Channel>, map: &str, query: &str) -> Option<SearchResponse> {
+async fn search(
+    client: &SearchServiceClient<Channel>,
+    map: &str,
+    query: &str,
+) -> Option<SearchResponse> {
     let mut client = client.clone();
     let mut request = tonic::Request::new(search_request(map, query));
     request.set_timeout(Duration::from_secs(5));
@@ -227,11 +242,19 @@ fn keys(response: &SearchResponse) -> Vec<&str> {
 }
 
 /// Waits until searching `query` returns exactly `expected` keys, in that order.
-async fn wait_for_keys(client: &SearchServiceClient<Channel>, map: &str, query: &str, expected: &[&str]) -> SearchResponse {
-    eventually(&format!("'{query}' in {map} to return {expected:?}"), || async move {
-        let response = search(client, map, query).await?;
-        (keys(&response) == expected).then_some(response)
-    })
+async fn wait_for_keys(
+    client: &SearchServiceClient<Channel>,
+    map: &str,
+    query: &str,
+    expected: &[&str],
+) -> SearchResponse {
+    eventually(
+        &format!("'{query}' in {map} to return {expected:?}"),
+        || async move {
+            let response = search(client, map, query).await?;
+            (keys(&response) == expected).then_some(response)
+        },
+    )
     .await
 }
 
@@ -252,8 +275,12 @@ async fn search_finds_bootstrapped_and_tailed_records_in_score_order() {
     let sync = start_sync().await;
     let mut writer = Writer::new(sync.addr).await;
     // Written before the search service exists: found through the bootstrap scan.
-    writer.put("articles", "a1", "Intro to machine learning").await;
-    writer.put("articles", "a2", "Machine learning for machine builders").await;
+    writer
+        .put("articles", "a1", "Intro to machine learning")
+        .await;
+    writer
+        .put("articles", "a2", "Machine learning for machine builders")
+        .await;
     writer.put("articles", "a3", "Cooking pasta").await;
     writer.put("notes", "n1", "machine shop").await;
 
@@ -265,9 +292,19 @@ async fn search_finds_bootstrapped_and_tailed_records_in_score_order() {
     assert_eq!(response.hits[0].matched_terms, vec!["machine", "learning"]);
 
     // Written while running: found through the change feed, ranked by BM25.
-    writer.put("articles", "a4", "machine learning machine learning machine learning").await;
-    let response = wait_for_keys(&client, "articles", "machine learning", &["a4", "a2", "a1"]).await;
-    assert_eq!(title(&response.hits[0].value), "machine learning machine learning machine learning");
+    writer
+        .put(
+            "articles",
+            "a4",
+            "machine learning machine learning machine learning",
+        )
+        .await;
+    let response =
+        wait_for_keys(&client, "articles", "machine learning", &["a4", "a2", "a1"]).await;
+    assert_eq!(
+        title(&response.hits[0].value),
+        "machine learning machine learning machine learning"
+    );
 
     // A removed record disappears.
     writer.remove("articles", "a2").await;
@@ -278,21 +315,38 @@ async fn search_finds_bootstrapped_and_tailed_records_in_score_order() {
     writer.or_add("tags", "t1", "green pear", "tag-2").await;
     let response = wait_for_keys(&client, "tags", "pear", &["t1"]).await;
     let value = decode_value(&response.hits[0].value).expect("msgpack");
-    assert_eq!(value, Value::Array(vec![Value::from("red apple"), Value::from("green pear")]));
+    assert_eq!(
+        value,
+        Value::Array(vec![Value::from("red apple"), Value::from("green pear")])
+    );
     writer.or_remove("tags", "t1", "tag-2").await;
     wait_for_keys(&client, "tags", "pear", &[]).await;
     wait_for_keys(&client, "tags", "apple", &["t1"]).await;
 
     // Nonexistent maps, syntax errors and unknown fields: zero results, no error.
-    let empty = search(&client, "missing", "machine").await.expect("search ok");
+    let empty = search(&client, "missing", "machine")
+        .await
+        .expect("search ok");
     assert!(empty.hits.is_empty());
-    assert!(search(&client, "articles", "title:machine").await.expect("ok").hits.is_empty());
-    assert!(search(&client, "articles", "machine AND (").await.expect("ok").hits.is_empty());
+    assert!(search(&client, "articles", "title:machine")
+        .await
+        .expect("ok")
+        .hits
+        .is_empty());
+    assert!(search(&client, "articles", "machine AND (")
+        .await
+        .expect("ok")
+        .hits
+        .is_empty());
 
     let status = eventually("no lag", || {
         let mut status_client = client.clone();
         async move {
-            let status = status_client.index_status(IndexStatusRequest {}).await.ok()?.into_inner();
+            let status = status_client
+                .index_status(IndexStatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
             (status.shards.len() == 1 && status.shards[0].lag_events == 0).then_some(status)
         }
     })
@@ -330,27 +384,41 @@ async fn live_search_sees_enter_update_and_leave() {
     writer.put("products", "p2", "usb keyboard").await;
     writer.put("products", "p2", "wireless keyboard").await;
     let enter = next_change(&mut live).await;
-    assert_eq!((enter.key.as_str(), enter.change_type), ("p2", ChangeType::Enter as i32));
+    assert_eq!(
+        (enter.key.as_str(), enter.change_type),
+        ("p2", ChangeType::Enter as i32)
+    );
     assert_eq!(title(&enter.value), "wireless keyboard");
     assert_eq!(enter.matched_terms, vec!["wireless"]);
 
     // More of the term: UPDATE with a new score.
-    writer.put("products", "p2", "wireless wireless wireless keyboard").await;
+    writer
+        .put("products", "p2", "wireless wireless wireless keyboard")
+        .await;
     let update = next_change(&mut live).await;
-    assert_eq!((update.key.as_str(), update.change_type), ("p2", ChangeType::Update as i32));
+    assert_eq!(
+        (update.key.as_str(), update.change_type),
+        ("p2", ChangeType::Update as i32)
+    );
     assert_ne!(update.score, enter.score);
 
     // The term goes away: LEAVE, score 0, no terms, nil value.
     writer.put("products", "p2", "wired keyboard").await;
     let leave = next_change(&mut live).await;
-    assert_eq!((leave.key.as_str(), leave.change_type), ("p2", ChangeType::Leave as i32));
+    assert_eq!(
+        (leave.key.as_str(), leave.change_type),
+        ("p2", ChangeType::Leave as i32)
+    );
     assert_eq!((leave.score, leave.matched_terms.len()), (0.0, 0));
     assert_eq!(decode_value(&leave.value).expect("msgpack"), Value::Nil);
 
     // Removing a record in the result set: LEAVE.
     writer.remove("products", "p1").await;
     let removed = next_change(&mut live).await;
-    assert_eq!((removed.key.as_str(), removed.change_type), ("p1", ChangeType::Leave as i32));
+    assert_eq!(
+        (removed.key.as_str(), removed.change_type),
+        ("p1", ChangeType::Leave as i32)
+    );
 
     search_service.stop().await;
     sync.stop().await;
@@ -405,10 +473,11 @@ async fn the_search_service_survives_a_shard_restart() {
     .await;
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let _ = topgun_sync::serve_with_listener(listener, topgun_sync::SyncConfig::default(), async {
-            let _ = stopped.await;
-        })
-        .await;
+        let _ =
+            topgun_sync::serve_with_listener(listener, topgun_sync::SyncConfig::default(), async {
+                let _ = stopped.await;
+            })
+            .await;
     });
     let mut writer = Writer::new(sync_addr).await;
     writer.put("docs", "new", "after restart").await;
@@ -455,7 +524,9 @@ async fn health_turns_serving_after_bootstrap_and_the_internal_token_is_enforced
     eventually("SERVING", || {
         let mut health = health.clone();
         async move {
-            let request = HealthCheckRequest { service: "topgun.search.v1.SearchService".into() };
+            let request = HealthCheckRequest {
+                service: "topgun.search.v1.SearchService".into(),
+            };
             let status = health.check(request).await.ok()?.into_inner().status;
             (status == ServingStatus::Serving as i32).then_some(())
         }
@@ -463,11 +534,64 @@ async fn health_turns_serving_after_bootstrap_and_the_internal_token_is_enforced
     .await;
 
     let mut anonymous = SearchServiceClient::new(channel.clone());
-    let refused = anonymous.search(search_request("m", "x")).await.expect_err("no token");
+    let refused = anonymous
+        .search(search_request("m", "x"))
+        .await
+        .expect_err("no token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let attach = TokenAttach::new(Some(TOKEN)).expect("ascii token");
     let mut member = SearchServiceClient::with_interceptor(channel, attach.interceptor());
     assert!(member.search(search_request("m", "x")).await.is_ok());
+
+    search_service.stop().await;
+    sync.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maps_added_to_the_indexed_set_at_runtime_are_scanned() {
+    use topgun_search::{IndexedMaps, SearchEngine};
+
+    let sync = start_sync().await;
+    let mut writer = Writer::new(sync.addr).await;
+    writer.put("kept", "k1", "shared word").await;
+    writer.put("later", "l1", "shared word").await;
+
+    let config = SearchConfig {
+        sync_addrs: vec![format!("http://{}", sync.addr)],
+        maps: "kept".into(),
+        commit_interval_ms: 20,
+        ..SearchConfig::default()
+    };
+    let engine = SearchEngine::start(config.engine_config()).expect("engine");
+    let handle = engine.clone();
+    let search_service = spawn_service(|listener, stopped| {
+        topgun_search::serve_engine(listener, config, engine, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    let client = SearchServiceClient::new(channel(search_service.addr).await);
+    wait_for_keys(&client, "kept", "shared", &["k1"]).await;
+    assert!(search(&client, "later", "shared")
+        .await
+        .expect("ok")
+        .hits
+        .is_empty());
+
+    handle
+        .set_indexed_maps(IndexedMaps::All)
+        .await
+        .expect("widen");
+    wait_for_keys(&client, "later", "shared", &["l1"]).await;
+    // And the feed keeps it current.
+    writer.put("later", "l2", "shared shared").await;
+    wait_for_keys(&client, "later", "shared", &["l2", "l1"]).await;
+
+    handle
+        .set_indexed_maps(IndexedMaps::parse("later"))
+        .await
+        .expect("narrow");
+    wait_for_keys(&client, "kept", "shared", &[]).await;
 
     search_service.stop().await;
     sync.stop().await;

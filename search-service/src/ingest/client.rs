@@ -50,8 +50,10 @@ pub(crate) fn connect(addr: &str, token: Option<&str>) -> Result<SyncClient, Sea
         setting: "TOPGUN_INTERNAL_TOKEN",
         reason,
     })?;
-    Ok(SyncServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        SyncServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 /// A request carrying the [`CALL_TIMEOUT`] deadline, so the shard stops working on it
@@ -69,6 +71,8 @@ pub(crate) async fn call<R>(
 ) -> Result<R, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.map(Response::into_inner),
-        Err(_) => Err(Status::deadline_exceeded("sync shard did not answer in time")),
+        Err(_) => Err(Status::deadline_exceeded(
+            "sync shard did not answer in time",
+        )),
     }
 }

@@ -102,7 +102,9 @@ impl Ingestor {
 
     /// True once every shard's first scan is searchable.
     pub fn is_ready(&self) -> bool {
-        self.shards.iter().all(|(p, _)| p.ready.load(Ordering::Relaxed))
+        self.shards
+            .iter()
+            .all(|(p, _)| p.ready.load(Ordering::Relaxed))
     }
 
     /// Completes once every shard's first scan is searchable.
@@ -129,13 +131,21 @@ impl Ingestor {
                 let mut head = progress.head_seq.load(Ordering::Relaxed);
                 let mut ask = request(ShardInfoRequest {});
                 ask.set_timeout(std::time::Duration::from_secs(1));
-                let answer = tokio::time::timeout(std::time::Duration::from_secs(1), call(client.shard_info(ask))).await;
+                let answer = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    call(client.shard_info(ask)),
+                )
+                .await;
                 if let Ok(Ok(info)) = answer {
                     if info.epoch == *progress.epoch.lock() {
                         head = head.max(info.last_seq);
                     } else {
                         // A new epoch we have not rescanned yet: all of it is lag.
-                        return ShardLag { shard: progress.addr.clone(), last_seq: committed, lag_events: info.last_seq };
+                        return ShardLag {
+                            shard: progress.addr.clone(),
+                            last_seq: committed,
+                            lag_events: info.last_seq,
+                        };
                     }
                 }
                 ShardLag {

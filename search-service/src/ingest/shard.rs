@@ -143,8 +143,12 @@ impl ShardIngest {
         self.engine.end_scan(self.index, generation).await?;
         self.engine.flush().await?;
         self.generation = generation;
-        self.progress.committed_seq.store(info.last_seq, Ordering::Relaxed);
-        self.progress.head_seq.store(info.last_seq, Ordering::Relaxed);
+        self.progress
+            .committed_seq
+            .store(info.last_seq, Ordering::Relaxed);
+        self.progress
+            .head_seq
+            .store(info.last_seq, Ordering::Relaxed);
         *self.progress.epoch.lock() = info.epoch.clone();
         self.progress.scans.fetch_add(1, Ordering::Relaxed);
         if !self.progress.ready.swap(true, Ordering::Relaxed) {
@@ -158,7 +162,12 @@ impl ShardIngest {
     }
 
     /// Pages through one map; returns the number of records seen.
-    async fn scan_map(&mut self, map: &str, kind: MapKind, generation: u64) -> Result<usize, SearchError> {
+    async fn scan_map(
+        &mut self,
+        map: &str,
+        kind: MapKind,
+        generation: u64,
+    ) -> Result<usize, SearchError> {
         let mut after: Option<String> = None;
         let mut seen = 0usize;
         loop {
@@ -200,14 +209,19 @@ impl ShardIngest {
             from_seq: position.next_seq,
             epoch: position.epoch.clone(),
         };
-        let opened = tokio::time::timeout(CALL_TIMEOUT, self.client.subscribe_changes(subscribe)).await;
+        let opened =
+            tokio::time::timeout(CALL_TIMEOUT, self.client.subscribe_changes(subscribe)).await;
         let mut stream = match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) if status.code() == Code::OutOfRange => {
                 return TailEnd::Rescan(status.message().to_string())
             }
             Ok(Err(status)) => return TailEnd::Lost(status),
-            Err(_) => return TailEnd::Lost(Status::deadline_exceeded("SubscribeChanges did not open in time")),
+            Err(_) => {
+                return TailEnd::Lost(Status::deadline_exceeded(
+                    "SubscribeChanges did not open in time",
+                ))
+            }
         };
         self.progress.connected.store(true, Ordering::Relaxed);
         loop {
@@ -245,7 +259,11 @@ impl ShardIngest {
     }
 
     /// Indexes one batch of events and advances `position` past it.
-    async fn ingest(&mut self, batch: ChangeBatch, position: &mut Resume) -> Result<Option<TailEnd>, SearchError> {
+    async fn ingest(
+        &mut self,
+        batch: ChangeBatch,
+        position: &mut Resume,
+    ) -> Result<Option<TailEnd>, SearchError> {
         if batch.events.is_empty() {
             return Ok(None);
         }
@@ -260,7 +278,10 @@ impl ShardIngest {
                 continue; // Already indexed (a replay after resuming).
             }
             if event.seq > next {
-                return Ok(Some(TailEnd::Rescan(format!("change feed skipped from {next} to {}", event.seq))));
+                return Ok(Some(TailEnd::Rescan(format!(
+                    "change feed skipped from {next} to {}",
+                    event.seq
+                ))));
             }
             next = event.seq + 1;
             if !self.engine.is_indexed(&event.map_name) {
@@ -298,18 +319,30 @@ impl ShardIngest {
     ) {
         match EventType::try_from(event.event_type) {
             Ok(EventType::Put | EventType::Remove) => match event.record {
-                Some(record) => updates.extend(lww_update(&event.map_name, &event.key, record, now)),
-                None => tracing::warn!(map = %event.map_name, key = %event.key, "lww event without record ignored"),
+                Some(record) => {
+                    updates.extend(lww_update(&event.map_name, &event.key, record, now))
+                }
+                None => {
+                    tracing::warn!(map = %event.map_name, key = %event.key, "lww event without record ignored")
+                }
             },
             Ok(EventType::OrAdd | EventType::OrRemove) => {
                 or_keys.entry(event.map_name).or_default().insert(event.key);
             }
-            Err(_) => tracing::warn!(event_type = event.event_type, "unknown change event type ignored"),
+            Err(_) => tracing::warn!(
+                event_type = event.event_type,
+                "unknown change event type ignored"
+            ),
         }
     }
 
     /// The current state of OR-Map `keys`; keys the shard no longer has come back empty.
-    async fn fetch_or_keys(&mut self, map: &str, keys: &[String], now: u64) -> Result<Vec<DocUpdate>, Status> {
+    async fn fetch_or_keys(
+        &mut self,
+        map: &str,
+        keys: &[String],
+        now: u64,
+    ) -> Result<Vec<DocUpdate>, Status> {
         let response = call(self.client.get_records(request(GetRecordsRequest {
             map_name: map.to_string(),
             kind: MapKind::Or as i32,
@@ -322,7 +355,11 @@ impl ShardIngest {
             missing.remove(state.key.as_str());
             updates.push(or_update(map, &state.key, state.or_records, now));
         }
-        updates.extend(missing.into_iter().map(|key| or_update(map, key, Vec::new(), now)));
+        updates.extend(
+            missing
+                .into_iter()
+                .map(|key| or_update(map, key, Vec::new(), now)),
+        );
         Ok(updates)
     }
 }
