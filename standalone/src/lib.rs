@@ -1,5 +1,5 @@
-//! The whole suite in one process: storage-service, a sync-service shard and the
-//! gateway, each a real gRPC server on a loopback port, so this runs exactly the code
+//! The whole suite in one process: storage-service, a sync-service shard, a search
+//! replica and the gateway, each a real gRPC server on a loopback port, so this runs exactly the code
 //! paths of the distributed deployment.
 
 pub mod suite;

@@ -1,4 +1,5 @@
-//! Starts and stops the services of a single-process suite.
+//! Starts and stops the services of a single-process suite: storage, one sync shard,
+//! one search replica and the gateway.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -80,9 +81,23 @@ pub async fn run(
         until(sync_stop),
     ));
 
+    let (search_stop_tx, search_stop) = watch::channel(false);
+    let (search_listener, search_addr) = loopback().await?;
+    let search_config = topgun_search::SearchConfig {
+        grpc_addr: search_addr,
+        sync_addrs: vec![format!("http://{sync_addr}")],
+        internal_token: Some(token.clone()),
+        ..Default::default()
+    };
+    let search = tokio::spawn(topgun_search::serve_with_listener(
+        search_listener,
+        search_config,
+        until(search_stop),
+    ));
+
     let services = ServiceEndpoints {
         sync_addrs: vec![format!("http://{sync_addr}")],
-        search_addrs: vec![],
+        search_addrs: vec![format!("http://{search_addr}")],
         internal_token: Some(token),
     };
     let log = topgun_gateway::logging::init();
@@ -116,6 +131,8 @@ pub async fn run(
     }
 
     let result = gateway.await;
+    let _ = search_stop_tx.send(true);
+    let _ = search.await;
     let _ = sync_stop_tx.send(true);
     let _ = sync.await;
     let _ = storage_stop_tx.send(true);

@@ -65,7 +65,7 @@ impl Service {
         cmd.args(&self.args)
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "error".into()),
             )
             .envs(&self.env)
             .stdin(Stdio::null())

@@ -233,3 +233,23 @@ macro_rules! topologies {
         )*
     };
 }
+
+/// Like [`topologies!`], with two search replicas in the distributed suite.
+#[macro_export]
+macro_rules! topologies_with_search {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn single() {
+                    super::$name($crate::suite::Suite::single(&[]).await).await
+                }
+                #[tokio::test]
+                async fn distributed() {
+                    let layout = $crate::suite::Layout { search_replicas: 2, ..Default::default() };
+                    super::$name($crate::suite::Suite::start(layout).await).await
+                }
+            }
+        )*
+    };
+}

@@ -152,10 +152,7 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         match crate::ws::search_http(&gw, &search.map_name, &search.query, options.as_ref()).await {
             Ok(hits) => {
                 let total = hits.len() as u64;
-                let results = hits
-                    .iter()
-                    .filter_map(|h| rmpv::ext::to_value(h).ok())
-                    .collect();
+                let results = hits.into_iter().map(search_hit_value).collect();
                 search_results.push(HttpSearchResult {
                     search_id: search.search_id,
                     results,
@@ -179,6 +176,24 @@ pub async fn sync(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         wire::encode_body(&response),
     )
         .into_response()
+}
+
+/// One search hit as the `{key, value, score, matchedTerms}` map the client reads.
+fn search_hit_value(hit: topgun_proto::wire::SearchResult) -> rmpv::Value {
+    rmpv::Value::Map(vec![
+        ("key".into(), hit.key.into()),
+        ("value".into(), hit.value),
+        ("score".into(), rmpv::Value::F64(hit.score)),
+        (
+            "matchedTerms".into(),
+            rmpv::Value::Array(
+                hit.matched_terms
+                    .into_iter()
+                    .map(rmpv::Value::from)
+                    .collect(),
+            ),
+        ),
+    ])
 }
 
 /// Bearer token → principal; with `require_auth`, a missing or bad token is a 401.

@@ -7,6 +7,7 @@ mod durability;
 mod live_queries;
 mod merkle_sync;
 mod operations;
+mod search;
 mod tls;
 mod topics_rbac_http;
 mod writes_and_events;
