@@ -19,12 +19,17 @@ pub struct Admission {
 impl Admission {
     /// Allows `max_in_flight` concurrent RPCs, each for at most `max_timeout`.
     pub fn new(max_in_flight: usize, max_timeout: Duration) -> Self {
-        Admission { permits: Arc::new(Semaphore::new(max_in_flight)), max_timeout }
+        Admission {
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_timeout,
+        }
     }
 
     /// A slot for one RPC, or RESOURCE_EXHAUSTED when all are taken.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, SyncError> {
-        Arc::clone(&self.permits).try_acquire_owned().map_err(|_| SyncError::Overloaded)
+        Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| SyncError::Overloaded)
     }
 
     /// The time budget of a request: its `grpc-timeout`, capped by the maximum.
@@ -103,6 +108,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             Ok::<(), SyncError>(())
         });
-        assert_eq!(slow.await.expect_err("too slow").code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            slow.await.expect_err("too slow").code(),
+            tonic::Code::DeadlineExceeded
+        );
     }
 }

@@ -9,7 +9,10 @@ use topgun_proto::partition::{shard_partitions, PARTITION_COUNT};
 /// Configuration of a sync shard. Every field has an environment variable; the
 /// defaults run a single shard owning all 271 partitions, in memory only.
 #[derive(Debug, Clone, Parser, PartialEq, Eq)]
-#[command(name = "sync-service", about = "TopGun sync shard: CRDT maps, Merkle trees, change feed")]
+#[command(
+    name = "sync-service",
+    about = "TopGun sync shard: CRDT maps, Merkle trees, change feed"
+)]
 pub struct SyncConfig {
     /// Address the gRPC server binds (`SYNC_GRPC_ADDR`, default `0.0.0.0:50051`).
     #[arg(long, env = "SYNC_GRPC_ADDR", default_value = "0.0.0.0:50051")]
@@ -126,7 +129,10 @@ impl SyncConfig {
             return bad("SHARD_COUNT must be at least 1".into());
         }
         if self.shard_count > PARTITION_COUNT {
-            return bad(format!("SHARD_COUNT must not exceed {PARTITION_COUNT}, got {}", self.shard_count));
+            return bad(format!(
+                "SHARD_COUNT must not exceed {PARTITION_COUNT}, got {}",
+                self.shard_count
+            ));
         }
         if self.shard_index >= self.shard_count {
             return bad(format!(
@@ -134,9 +140,14 @@ impl SyncConfig {
                 self.shard_count, self.shard_index
             ));
         }
-        let node_id = self.node_id.clone().unwrap_or_else(|| format!("sync-{}", self.shard_index));
+        let node_id = self
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("sync-{}", self.shard_index));
         if node_id.is_empty() || node_id.contains(':') || node_id.contains('\0') {
-            return bad(format!("NODE_ID must be non-empty without ':' or NUL, got {node_id:?}"));
+            return bad(format!(
+                "NODE_ID must be non-empty without ':' or NUL, got {node_id:?}"
+            ));
         }
         let partitions = match self.partitions.as_deref().filter(|p| !p.trim().is_empty()) {
             Some(spec) => PartitionSet::parse(spec)?,
@@ -148,7 +159,9 @@ impl SyncConfig {
         let storage_addr = self.storage_addr.clone().filter(|a| !a.trim().is_empty());
         if let Some(addr) = &storage_addr {
             if !(addr.starts_with("http://") || addr.starts_with("https://")) {
-                return bad(format!("STORAGE_ADDR must be an http:// or https:// URL, got {addr:?}"));
+                return bad(format!(
+                    "STORAGE_ADDR must be an http:// or https:// URL, got {addr:?}"
+                ));
             }
         }
         if self.gc_interval_ms == 0 {
@@ -200,7 +213,9 @@ impl PartitionSet {
                 *slot = true;
             }
         }
-        let list = (0..PARTITION_COUNT).filter(|p| owned[*p as usize]).collect();
+        let list = (0..PARTITION_COUNT)
+            .filter(|p| owned[*p as usize])
+            .collect();
         PartitionSet { owned, list }
     }
 
@@ -223,7 +238,9 @@ impl PartitionSet {
                 Some((lo, hi)) => {
                     let (lo, hi) = (number(lo)?, number(hi)?);
                     if lo > hi {
-                        return Err(SyncError::Config(format!("SYNC_PARTITIONS: empty range {item:?}")));
+                        return Err(SyncError::Config(format!(
+                            "SYNC_PARTITIONS: empty range {item:?}"
+                        )));
                     }
                     partitions.extend(lo..=hi);
                 }
@@ -260,10 +277,18 @@ mod tests {
         if std::env::vars().all(|(k, _)| !k.starts_with("SYNC_") && k != "SHARD_INDEX") {
             assert_eq!(parsed.gc_interval_ms, SyncConfig::default().gc_interval_ms);
             assert_eq!(parsed.grpc_addr, SyncConfig::default().grpc_addr);
-            assert_eq!(parsed.tombstone_ttl_ms, SyncConfig::default().tombstone_ttl_ms);
-            assert_eq!(parsed.change_feed_buffer, SyncConfig::default().change_feed_buffer);
+            assert_eq!(
+                parsed.tombstone_ttl_ms,
+                SyncConfig::default().tombstone_ttl_ms
+            );
+            assert_eq!(
+                parsed.change_feed_buffer,
+                SyncConfig::default().change_feed_buffer
+            );
         }
-        let v = SyncConfig::default().validate().expect("defaults are valid");
+        let v = SyncConfig::default()
+            .validate()
+            .expect("defaults are valid");
         assert_eq!(v.node_id, "sync-0");
         assert_eq!(v.partitions.as_slice().len(), PARTITION_COUNT as usize);
     }
@@ -281,21 +306,47 @@ mod tests {
     #[test]
     fn invalid_settings_are_reported_clearly() {
         let cases = [
-            SyncConfig { shard_count: 0, ..Default::default() },
-            SyncConfig { shard_index: 2, shard_count: 2, ..Default::default() },
-            SyncConfig { node_id: Some("a:b".into()), ..Default::default() },
-            SyncConfig { storage_addr: Some("127.0.0.1:50053".into()), ..Default::default() },
-            SyncConfig { gc_interval_ms: 0, ..Default::default() },
-            SyncConfig { change_feed_buffer: 0, ..Default::default() },
-            SyncConfig { partitions: Some("300".into()), ..Default::default() },
+            SyncConfig {
+                shard_count: 0,
+                ..Default::default()
+            },
+            SyncConfig {
+                shard_index: 2,
+                shard_count: 2,
+                ..Default::default()
+            },
+            SyncConfig {
+                node_id: Some("a:b".into()),
+                ..Default::default()
+            },
+            SyncConfig {
+                storage_addr: Some("127.0.0.1:50053".into()),
+                ..Default::default()
+            },
+            SyncConfig {
+                gc_interval_ms: 0,
+                ..Default::default()
+            },
+            SyncConfig {
+                change_feed_buffer: 0,
+                ..Default::default()
+            },
+            SyncConfig {
+                partitions: Some("300".into()),
+                ..Default::default()
+            },
         ];
         for config in cases {
             let err = config.validate().expect_err("invalid");
             assert!(matches!(err, SyncError::Config(_)), "{err}");
         }
-        let split = SyncConfig { shard_index: 1, shard_count: 2, ..Default::default() }
-            .validate()
-            .expect("valid");
+        let split = SyncConfig {
+            shard_index: 1,
+            shard_count: 2,
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid");
         assert_eq!(split.node_id, "sync-1");
         assert_eq!(split.partitions.as_slice(), &shard_partitions(1, 2)[..]);
     }

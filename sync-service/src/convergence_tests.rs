@@ -17,13 +17,28 @@ use topgun_proto::wire::{LwwRecord, OrMapRecord};
 /// What the generator decides per op; timestamps are made unique afterwards.
 #[derive(Debug, Clone)]
 enum Spec {
-    Put { key: u8, value: Value, ttl: Option<u64> },
-    Remove { key: u8 },
-    OrAdd { key: u8, value: Value, ttl: Option<u64> },
+    Put {
+        key: u8,
+        value: Value,
+        ttl: Option<u64>,
+    },
+    Remove {
+        key: u8,
+    },
+    OrAdd {
+        key: u8,
+        value: Value,
+        ttl: Option<u64>,
+    },
     /// Remove the tag of the n-th OR add (modulo their count), under its key.
-    OrRemoveOf { add: usize },
+    OrRemoveOf {
+        add: usize,
+    },
     /// Remove a tag nobody added.
-    OrRemoveUnknown { key: u8, tag: u8 },
+    OrRemoveUnknown {
+        key: u8,
+        tag: u8,
+    },
 }
 
 fn value() -> impl Strategy<Value = Value> {
@@ -58,16 +73,37 @@ fn build(specs: &[(Spec, u64, u8)]) -> Vec<Op> {
     for (i, (spec, millis, node)) in specs.iter().enumerate() {
         let ts = Timestamp::new(1_700_000_000_000 + millis, i as u64, format!("n{node}"));
         let (map, key, kind) = match spec.clone() {
-            Spec::Put { key, value, ttl } => {
-                ("m", key_name(key), OpKind::LwwPut(LwwRecord { value, timestamp: ts, ttl_ms: ttl }))
-            }
-            Spec::Remove { key } => {
-                ("m", key_name(key), OpKind::LwwPut(LwwRecord { value: Value::Nil, timestamp: ts, ttl_ms: None }))
-            }
+            Spec::Put { key, value, ttl } => (
+                "m",
+                key_name(key),
+                OpKind::LwwPut(LwwRecord {
+                    value,
+                    timestamp: ts,
+                    ttl_ms: ttl,
+                }),
+            ),
+            Spec::Remove { key } => (
+                "m",
+                key_name(key),
+                OpKind::LwwPut(LwwRecord {
+                    value: Value::Nil,
+                    timestamp: ts,
+                    ttl_ms: None,
+                }),
+            ),
             Spec::OrAdd { key, value, ttl } => {
                 let tag = ts.to_string();
                 adds.push((key_name(key), tag.clone()));
-                ("m", key_name(key), OpKind::OrAdd(OrMapRecord { value, timestamp: ts, tag, ttl_ms: ttl }))
+                (
+                    "m",
+                    key_name(key),
+                    OpKind::OrAdd(OrMapRecord {
+                        value,
+                        timestamp: ts,
+                        tag,
+                        ttl_ms: ttl,
+                    }),
+                )
             }
             Spec::OrRemoveOf { add } => {
                 if adds.is_empty() {
@@ -76,9 +112,16 @@ fn build(specs: &[(Spec, u64, u8)]) -> Vec<Op> {
                 let (key, tag) = adds[add % adds.len()].clone();
                 ("m", key, OpKind::OrRemove(tag))
             }
-            Spec::OrRemoveUnknown { key, tag } => ("m", key_name(key), OpKind::OrRemove(format!("ghost-{tag}"))),
+            Spec::OrRemoveUnknown { key, tag } => {
+                ("m", key_name(key), OpKind::OrRemove(format!("ghost-{tag}")))
+            }
         };
-        ops.push(Op { op_id: i.to_string(), map_name: map.into(), key: HashedKey::new(key), kind });
+        ops.push(Op {
+            op_id: i.to_string(),
+            map_name: map.into(),
+            key: HashedKey::new(key),
+            kind,
+        });
     }
     ops
 }
@@ -120,7 +163,11 @@ fn contents(state: &ShardState) -> BTreeMap<String, String> {
 fn nodes(tree: &MerkleTree) -> Vec<Node> {
     let mut paths = vec![String::new()];
     for depth in 1..=3 {
-        let previous: Vec<String> = paths.iter().filter(|p| p.len() == depth - 1).cloned().collect();
+        let previous: Vec<String> = paths
+            .iter()
+            .filter(|p| p.len() == depth - 1)
+            .cloned()
+            .collect();
         for p in previous {
             for c in "0123456789abcdef".chars() {
                 paths.push(format!("{p}{c}"));
@@ -137,8 +184,15 @@ fn nodes(tree: &MerkleTree) -> Vec<Node> {
 }
 
 fn trees(state: &ShardState) -> Trees {
-    let mut out: Vec<_> = state.lww_maps().map(|(n, m)| (format!("lww/{n}"), nodes(m.tree()))).collect();
-    out.extend(state.or_maps().map(|(n, m)| (format!("or/{n}"), nodes(m.tree()))));
+    let mut out: Vec<_> = state
+        .lww_maps()
+        .map(|(n, m)| (format!("lww/{n}"), nodes(m.tree())))
+        .collect();
+    out.extend(
+        state
+            .or_maps()
+            .map(|(n, m)| (format!("or/{n}"), nodes(m.tree()))),
+    );
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
@@ -157,11 +211,20 @@ type Trees = Vec<(String, Vec<Node>)>;
 /// Only the first differing node, so a failure report stays readable.
 fn first_tree_difference(a: &Trees, b: &Trees) -> Option<String> {
     if a.len() != b.len() {
-        return Some(format!("maps {:?} vs {:?}", a.iter().map(|t| &t.0).collect::<Vec<_>>(), b.iter().map(|t| &t.0).collect::<Vec<_>>()));
+        return Some(format!(
+            "maps {:?} vs {:?}",
+            a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            b.iter().map(|t| &t.0).collect::<Vec<_>>()
+        ));
     }
     for ((name, x), (_, y)) in a.iter().zip(b) {
         if let Some((p, q)) = x.iter().zip(y).find(|(p, q)| p != q) {
-            return Some(format!("{name} at {:?}: {:?} vs {:?}", p.0, (p.1, &p.2), (q.1, &q.2)));
+            return Some(format!(
+                "{name} at {:?}: {:?} vs {:?}",
+                p.0,
+                (p.1, &p.2),
+                (q.1, &q.2)
+            ));
         }
     }
     None

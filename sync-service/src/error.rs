@@ -87,7 +87,10 @@ impl SyncError {
 
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.code(), Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded)
+        matches!(
+            self.code(),
+            Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
+        )
     }
 
     /// Shorthand for [`SyncError::InvalidArgument`].
@@ -114,10 +117,18 @@ mod tests {
 
     #[test]
     fn codes_match_the_contract() {
-        let not_owner = SyncError::NotOwner { partition: 7, key: "k".into(), node_id: "sync-0".into() };
+        let not_owner = SyncError::NotOwner {
+            partition: 7,
+            key: "k".into(),
+            node_id: "sync-0".into(),
+        };
         let status = Status::from(not_owner);
         assert_eq!(status.code(), Code::FailedPrecondition);
-        assert!(status.message().contains("partition 7"), "{}", status.message());
+        assert!(
+            status.message().contains("partition 7"),
+            "{}",
+            status.message()
+        );
         let overloaded = Status::from(SyncError::Overloaded);
         assert_eq!(overloaded.code(), Code::ResourceExhausted);
         assert_eq!(overloaded.message(), "server overloaded, try again later");

@@ -17,8 +17,8 @@ use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use tokio::sync::watch;
-use topgun_proto::grpc::sync as pb;
 use tonic::Status;
+use topgun_proto::grpc::sync as pb;
 
 /// Most events examined per read, so a catching-up subscriber holds the ring lock
 /// only briefly and sends moderately sized batches.
@@ -64,7 +64,10 @@ impl ChangeFeed {
         ChangeFeed {
             epoch: uuid::Uuid::new_v4().to_string(),
             capacity: capacity.max(1),
-            ring: Mutex::new(Ring { events: VecDeque::new(), next_seq: 1 }),
+            ring: Mutex::new(Ring {
+                events: VecDeque::new(),
+                next_seq: 1,
+            }),
             last_seq,
         }
     }
@@ -86,7 +89,8 @@ impl ChangeFeed {
             return;
         }
         let origin = origin.to_proto();
-        let events: Vec<pb::ChangeEvent> = changes.into_iter().map(|c| to_event(c, &origin)).collect();
+        let events: Vec<pb::ChangeEvent> =
+            changes.into_iter().map(|c| to_event(c, &origin)).collect();
         let last = {
             let mut ring = self.ring.lock();
             for mut event in events {
@@ -110,7 +114,8 @@ impl ChangeFeed {
         self: &Arc<Self>,
         from: SubscribeFrom,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<impl Stream<Item = Result<pb::ChangeBatch, Status>> + Send + 'static, SyncError> {
+    ) -> Result<impl Stream<Item = Result<pb::ChangeBatch, Status>> + Send + 'static, SyncError>
+    {
         let cursor = {
             let ring = self.ring.lock();
             if from.from_seq == 0 {
@@ -157,7 +162,11 @@ impl ChangeFeed {
             return Err(behind(cursor, first));
         }
         let start = (cursor - first) as usize;
-        let examined = ring.events.len().saturating_sub(start).min(MAX_EVENTS_PER_BATCH);
+        let examined = ring
+            .events
+            .len()
+            .saturating_sub(start)
+            .min(MAX_EVENTS_PER_BATCH);
         let events = ring
             .events
             .range(start..start + examined)
@@ -192,7 +201,10 @@ impl Subscription {
         if !self.greeted {
             // The first batch tells a subscriber starting "from now on" its epoch.
             self.greeted = true;
-            let batch = pb::ChangeBatch { epoch: self.feed.epoch.clone(), events: Vec::new() };
+            let batch = pb::ChangeBatch {
+                epoch: self.feed.epoch.clone(),
+                events: Vec::new(),
+            };
             return Some((Ok(batch), self));
         }
         loop {
@@ -202,14 +214,20 @@ impl Subscription {
             match self.feed.read_from(self.cursor, &self.filter) {
                 Err(err) => {
                     self.done = true;
-                    tracing::warn!(cursor = self.cursor, "change feed subscriber fell behind the ring");
+                    tracing::warn!(
+                        cursor = self.cursor,
+                        "change feed subscriber fell behind the ring"
+                    );
                     return Some((Err(err.into()), self));
                 }
                 Ok((events, cursor)) => {
                     let advanced = cursor != self.cursor;
                     self.cursor = cursor;
                     if !events.is_empty() {
-                        let batch = pb::ChangeBatch { epoch: self.feed.epoch.clone(), events };
+                        let batch = pb::ChangeBatch {
+                            epoch: self.feed.epoch.clone(),
+                            events,
+                        };
                         return Some((Ok(batch), self));
                     }
                     if advanced {
@@ -277,58 +295,105 @@ mod tests {
             map_name: map.into(),
             key: HashedKey::new(key),
             kind: ChangeKind::Lww {
-                record: LwwRecord { value: Value::from(1), timestamp: Timestamp::new(1, 0, "n"), ttl_ms: None },
+                record: LwwRecord {
+                    value: Value::from(1),
+                    timestamp: Timestamp::new(1, 0, "n"),
+                    ttl_ms: None,
+                },
                 previous: None,
             },
         }
     }
 
     fn from(feed: &ChangeFeed, seq: u64) -> SubscribeFrom {
-        SubscribeFrom { map_names: vec![], from_seq: seq, epoch: feed.epoch().to_string() }
+        SubscribeFrom {
+            map_names: vec![],
+            from_seq: seq,
+            epoch: feed.epoch().to_string(),
+        }
     }
 
     #[tokio::test]
     async fn resumes_from_a_sequence_and_filters_maps() {
         let feed = Arc::new(ChangeFeed::new(100));
         let (_stop, shutdown) = watch::channel(false);
-        feed.publish(vec![change("a", "1"), change("b", "2"), change("a", "3")], &Origin::default());
+        feed.publish(
+            vec![change("a", "1"), change("b", "2"), change("a", "3")],
+            &Origin::default(),
+        );
         assert_eq!(feed.last_seq(), 3);
-        let stream = feed.subscribe(from(&feed, 2), shutdown.clone()).expect("in range");
+        let stream = feed
+            .subscribe(from(&feed, 2), shutdown.clone())
+            .expect("in range");
         let mut stream = Box::pin(stream);
         let hello = stream.next().await.expect("greeting").expect("ok");
         assert!(hello.events.is_empty());
         assert_eq!(hello.epoch, feed.epoch());
         let batch = stream.next().await.expect("batch").expect("ok");
-        assert_eq!(batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
 
-        let only_a = SubscribeFrom { map_names: vec!["a".into()], ..from(&feed, 1) };
+        let only_a = SubscribeFrom {
+            map_names: vec!["a".into()],
+            ..from(&feed, 1)
+        };
         let mut stream = Box::pin(feed.subscribe(only_a, shutdown).expect("in range"));
         stream.next().await;
         let batch = stream.next().await.expect("batch").expect("ok");
-        assert_eq!(batch.events.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec!["1", "3"]);
+        assert_eq!(
+            batch
+                .events
+                .iter()
+                .map(|e| e.key.as_str())
+                .collect::<Vec<_>>(),
+            vec!["1", "3"]
+        );
         // Live events arrive after the backlog.
         feed.publish(vec![change("b", "x"), change("a", "4")], &Origin::default());
         let batch = stream.next().await.expect("batch").expect("ok");
-        assert_eq!(batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5]);
+        assert_eq!(
+            batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![5]
+        );
     }
 
     #[tokio::test]
     async fn stale_positions_and_foreign_epochs_are_out_of_range() {
         let feed = Arc::new(ChangeFeed::new(2));
         let (stop, shutdown) = watch::channel(false);
-        feed.publish((0..5).map(|i| change("a", &i.to_string())).collect(), &Origin::default());
-        let err = feed.subscribe(from(&feed, 3), shutdown.clone()).err().expect("evicted");
+        feed.publish(
+            (0..5).map(|i| change("a", &i.to_string())).collect(),
+            &Origin::default(),
+        );
+        let err = feed
+            .subscribe(from(&feed, 3), shutdown.clone())
+            .err()
+            .expect("evicted");
         assert_eq!(err.code(), tonic::Code::OutOfRange);
         assert!(feed.subscribe(from(&feed, 4), shutdown.clone()).is_ok());
-        let err = feed.subscribe(from(&feed, 7), shutdown.clone()).err().expect("future");
+        let err = feed
+            .subscribe(from(&feed, 7), shutdown.clone())
+            .err()
+            .expect("future");
         assert_eq!(err.code(), tonic::Code::OutOfRange);
-        let foreign = SubscribeFrom { epoch: "other".into(), ..from(&feed, 4) };
+        let foreign = SubscribeFrom {
+            epoch: "other".into(),
+            ..from(&feed, 4)
+        };
         assert!(feed.subscribe(foreign, shutdown.clone()).is_err());
 
         // A subscriber that falls out of the ring is told so instead of slowing writers.
-        let mut slow = Box::pin(feed.subscribe(from(&feed, 4), shutdown.clone()).expect("ok"));
+        let mut slow = Box::pin(
+            feed.subscribe(from(&feed, 4), shutdown.clone())
+                .expect("ok"),
+        );
         slow.next().await;
-        feed.publish((0..5).map(|i| change("a", &i.to_string())).collect(), &Origin::default());
+        feed.publish(
+            (0..5).map(|i| change("a", &i.to_string())).collect(),
+            &Origin::default(),
+        );
         let status = slow.next().await.expect("item").expect_err("fell behind");
         assert_eq!(status.code(), tonic::Code::OutOfRange);
         assert!(slow.next().await.is_none());

@@ -40,21 +40,39 @@ pub fn sweep(
         for (key, stamp) in map.expired(now_ms, node_id) {
             let _ = hlc.update(&stamp);
             let key = HashedKey::new(key);
-            let tombstone = LwwRecord { value: rmpv::Value::Nil, timestamp: stamp, ttl_ms: None };
+            let tombstone = LwwRecord {
+                value: rmpv::Value::Nil,
+                timestamp: stamp,
+                ttl_ms: None,
+            };
             // Merged, not overwritten: a newer write that raced the sweep still wins.
             if let Some(previous) = map.merge(&key.key, key.hash, tombstone.clone()) {
                 out.expired += 1;
-                out.touched.push(RowId { kind: MapKind::Lww, map_name: map_name.clone(), key: key.key.clone() });
+                out.touched.push(RowId {
+                    kind: MapKind::Lww,
+                    map_name: map_name.clone(),
+                    key: key.key.clone(),
+                });
                 out.changes.push(Change {
                     map_name: map_name.clone(),
                     key,
-                    kind: ChangeKind::Lww { record: tombstone, previous },
+                    kind: ChangeKind::Lww {
+                        record: tombstone,
+                        previous,
+                    },
                 });
             }
         }
         for (key, stamp) in map.prune_tombstones(&older_than) {
             out.pruned += 1;
-            out.deletes.push((RowId { kind: MapKind::Lww, map_name: map_name.clone(), key }, stamp));
+            out.deletes.push((
+                RowId {
+                    kind: MapKind::Lww,
+                    map_name: map_name.clone(),
+                    key,
+                },
+                stamp,
+            ));
         }
     }
 
@@ -63,13 +81,25 @@ pub fn sweep(
             let key = HashedKey::new(key);
             if map.apply_tombstone(&key.key, key.hash, &tag) {
                 out.expired += 1;
-                out.touched.push(RowId { kind: MapKind::Or, map_name: map_name.clone(), key: key.key.clone() });
-                out.changes.push(Change { map_name: map_name.clone(), key, kind: ChangeKind::OrRemove(tag) });
+                out.touched.push(RowId {
+                    kind: MapKind::Or,
+                    map_name: map_name.clone(),
+                    key: key.key.clone(),
+                });
+                out.changes.push(Change {
+                    map_name: map_name.clone(),
+                    key,
+                    kind: ChangeKind::OrRemove(tag),
+                });
             }
         }
         for key in map.prune_tombstones(&older_than) {
             out.pruned += 1;
-            out.touched.push(RowId { kind: MapKind::Or, map_name: map_name.clone(), key });
+            out.touched.push(RowId {
+                kind: MapKind::Or,
+                map_name: map_name.clone(),
+                key,
+            });
         }
     }
     out
@@ -85,7 +115,12 @@ mod tests {
     const DAY: u64 = 86_400_000;
 
     fn op(map: &str, key: &str, kind: OpKind) -> Op {
-        Op { op_id: String::new(), map_name: map.into(), key: HashedKey::new(key), kind }
+        Op {
+            op_id: String::new(),
+            map_name: map.into(),
+            key: HashedKey::new(key),
+            kind,
+        }
     }
 
     #[test]
@@ -93,9 +128,21 @@ mod tests {
         let mut state = ShardState::new();
         let mut hlc = Hlc::new("sync-0");
         let now = 100 * DAY;
-        let ttl = LwwRecord { value: Value::from(1), timestamp: Timestamp::new(now - 1_000, 0, "c"), ttl_ms: Some(500) };
-        let old_tomb = LwwRecord { value: Value::Nil, timestamp: Timestamp::new(now - 40 * DAY, 0, "c"), ttl_ms: None };
-        let fresh_tomb = LwwRecord { value: Value::Nil, timestamp: Timestamp::new(now - DAY, 0, "c"), ttl_ms: None };
+        let ttl = LwwRecord {
+            value: Value::from(1),
+            timestamp: Timestamp::new(now - 1_000, 0, "c"),
+            ttl_ms: Some(500),
+        };
+        let old_tomb = LwwRecord {
+            value: Value::Nil,
+            timestamp: Timestamp::new(now - 40 * DAY, 0, "c"),
+            ttl_ms: None,
+        };
+        let fresh_tomb = LwwRecord {
+            value: Value::Nil,
+            timestamp: Timestamp::new(now - DAY, 0, "c"),
+            ttl_ms: None,
+        };
         let or_rec = OrMapRecord {
             value: Value::from("x"),
             timestamp: Timestamp::new(now - 1_000, 0, "c"),
@@ -125,10 +172,15 @@ mod tests {
         assert_eq!(out.deletes.len(), 1);
         assert_eq!(out.deletes[0].1, Timestamp::new(now - 40 * DAY, 0, "c"));
         let or = state.or("o").expect("map");
-        assert!(or.get("k").is_some_and(|s| s.records.is_empty() && s.tombstones.contains("t1")));
+        assert!(or
+            .get("k")
+            .is_some_and(|s| s.records.is_empty() && s.tombstones.contains("t1")));
         assert!(or.get("j").is_none(), "key left with nothing is forgotten");
         assert!(matches!(out.changes[0].kind, ChangeKind::Lww { .. }));
-        assert!(out.changes.iter().any(|c| c.kind == ChangeKind::OrRemove("t1".into())));
+        assert!(out
+            .changes
+            .iter()
+            .any(|c| c.kind == ChangeKind::OrRemove("t1".into())));
         // A second sweep finds nothing new.
         let again = sweep(&mut state, &mut hlc, now, 30 * DAY, "sync-0");
         assert_eq!((again.expired, again.pruned), (0, 0));

@@ -9,6 +9,8 @@
 //!
 //! Entry points: [`serve`] and [`serve_with_listener`], configured by [`SyncConfig`].
 
+#![warn(missing_docs)]
+
 pub mod admission;
 pub mod config;
 pub mod crdt;

@@ -101,16 +101,25 @@ pub struct Persistence {
 impl Persistence {
     /// A lazily connecting client for `addr`; nothing is contacted until the first call,
     /// so a shard starts while storage is still coming up.
-    pub fn connect(addr: &str, token: Option<&str>, call_timeout: Duration) -> Result<Self, SyncError> {
+    pub fn connect(
+        addr: &str,
+        token: Option<&str>,
+        call_timeout: Duration,
+    ) -> Result<Self, SyncError> {
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| SyncError::Config(format!("STORAGE_ADDR {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         let attach = TokenAttach::new(token).map_err(SyncError::Config)?;
-        let client = StorageServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        Ok(Persistence { client, pending: Mutex::new(HashSet::new()), call_timeout })
+        let client =
+            StorageServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        Ok(Persistence {
+            client,
+            pending: Mutex::new(HashSet::new()),
+            call_timeout,
+        })
     }
 
     /// Refuses new writes while too many rows wait for storage.
@@ -140,7 +149,10 @@ impl Persistence {
         piggyback: usize,
     ) -> PreparedWrite {
         let mut seen = HashSet::new();
-        let mut ids: Vec<RowId> = own.into_iter().filter(|id| seen.insert(id.clone())).collect();
+        let mut ids: Vec<RowId> = own
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
         {
             let mut pending = self.pending.lock();
             for id in &ids {
@@ -153,7 +165,10 @@ impl Persistence {
                 ids.push(id);
             }
         }
-        let mutations = ids.iter().filter_map(|id| row_mutation(state, hlc, id)).collect();
+        let mutations = ids
+            .iter()
+            .filter_map(|id| row_mutation(state, hlc, id))
+            .collect();
         PreparedWrite { ids, mutations }
     }
 
@@ -178,7 +193,8 @@ impl Persistence {
             }
             result
         });
-        task.await.map_err(|e| SyncError::Internal(format!("storage write task failed: {e}")))?
+        task.await
+            .map_err(|e| SyncError::Internal(format!("storage write task failed: {e}")))?
     }
 
     async fn send(&self, mutations: Vec<pb::Mutation>) -> Result<(), SyncError> {
@@ -208,11 +224,16 @@ impl Persistence {
         });
         request.set_timeout(LOAD_DEADLINE);
         let mut client = self.client.clone();
-        let mut stream = match tokio::time::timeout(self.call_timeout, client.load_map(request)).await {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return Err(storage_error(status)),
-            Err(_) => return Err(SyncError::StorageUnavailable("LoadMap did not answer in time".into())),
-        };
+        let mut stream =
+            match tokio::time::timeout(self.call_timeout, client.load_map(request)).await {
+                Ok(Ok(response)) => response.into_inner(),
+                Ok(Err(status)) => return Err(storage_error(status)),
+                Err(_) => {
+                    return Err(SyncError::StorageUnavailable(
+                        "LoadMap did not answer in time".into(),
+                    ))
+                }
+            };
         let mut rows = 0u64;
         loop {
             match tokio::time::timeout(LOAD_PAGE_TIMEOUT, stream.message()).await {
@@ -245,15 +266,27 @@ fn row_mutation(state: &ShardState, hlc: &mut Hlc, id: &RowId) -> Option<pb::Mut
         MapKind::Or => match state.or(&id.map_name).and_then(|m| m.get(&id.key)) {
             Some(key_state) => or_row(&id.map_name, &key, key_state, hlc.now()),
             None => {
-                return Some(delete_mutation(&id.map_name, &id.key, MapKind::Or, hlc.now()));
+                return Some(delete_mutation(
+                    &id.map_name,
+                    &id.key,
+                    MapKind::Or,
+                    hlc.now(),
+                ));
             }
         },
     };
-    Some(pb::Mutation { kind: Some(pb::mutation::Kind::Upsert(row)) })
+    Some(pb::Mutation {
+        kind: Some(pb::mutation::Kind::Upsert(row)),
+    })
 }
 
 /// A delete that only removes a row not newer than `not_newer_than`.
-pub fn delete_mutation(map_name: &str, key: &str, kind: MapKind, not_newer_than: Timestamp) -> pb::Mutation {
+pub fn delete_mutation(
+    map_name: &str,
+    key: &str,
+    kind: MapKind,
+    not_newer_than: Timestamp,
+) -> pb::Mutation {
     pb::Mutation {
         kind: Some(pb::mutation::Kind::Delete(pb::RecordRef {
             map_name: map_name.to_string(),
@@ -292,7 +325,12 @@ pub fn lww_row(map_name: &str, key: &HashedKey, record: &LwwRecord) -> pb::Store
 }
 
 /// The durable row of an OR key, stamped with a fresh shard timestamp.
-pub fn or_row(map_name: &str, key: &HashedKey, state: &OrKeyState, stamp: Timestamp) -> pb::StoredRecord {
+pub fn or_row(
+    map_name: &str,
+    key: &HashedKey,
+    state: &OrKeyState,
+    stamp: Timestamp,
+) -> pb::StoredRecord {
     let body = OrRow {
         records: state.records.values().cloned().collect(),
         tombstones: state.tombstones.iter().cloned().collect(),
@@ -337,21 +375,45 @@ pub enum LoadedRow {
 
 /// Decodes a row read back from storage.
 pub fn decode_row(row: pb::StoredRecord) -> Result<LoadedRow, String> {
-    let stamp = row.timestamp.map(Timestamp::from).ok_or("row without timestamp")?;
+    let stamp = row
+        .timestamp
+        .map(Timestamp::from)
+        .ok_or("row without timestamp")?;
     let key = HashedKey::new(row.key);
     match pb::RecordKind::try_from(row.kind) {
         Ok(pb::RecordKind::Lww) => {
-            let value = if row.value.is_empty() { rmpv::Value::Nil } else { wire::decode_value(&row.value)? };
-            let record = LwwRecord { value, timestamp: stamp, ttl_ms: row.ttl_ms };
-            Ok(LoadedRow::Lww { map_name: row.map_name, key, record })
+            let value = if row.value.is_empty() {
+                rmpv::Value::Nil
+            } else {
+                wire::decode_value(&row.value)?
+            };
+            let record = LwwRecord {
+                value,
+                timestamp: stamp,
+                ttl_ms: row.ttl_ms,
+            };
+            Ok(LoadedRow::Lww {
+                map_name: row.map_name,
+                key,
+                record,
+            })
         }
         Ok(pb::RecordKind::Or) => {
             let body: OrRow = wire::decode_body(&row.value)?;
             let state = OrKeyState {
-                records: body.records.into_iter().map(|r| (r.tag.clone(), r)).collect(),
+                records: body
+                    .records
+                    .into_iter()
+                    .map(|r| (r.tag.clone(), r))
+                    .collect(),
                 tombstones: body.tombstones.into_iter().collect(),
             };
-            Ok(LoadedRow::Or { map_name: row.map_name, key, state, stamp })
+            Ok(LoadedRow::Or {
+                map_name: row.map_name,
+                key,
+                state,
+                stamp,
+            })
         }
         Err(_) => Err(format!("unknown record kind {}", row.kind)),
     }
@@ -377,7 +439,11 @@ mod tests {
         assert_eq!(row.partition, key.partition());
         assert_eq!(
             decode_row(row),
-            Ok(LoadedRow::Lww { map_name: "m".into(), key: key.clone(), record })
+            Ok(LoadedRow::Lww {
+                map_name: "m".into(),
+                key: key.clone(),
+                record
+            })
         );
 
         let mut state = OrKeyState::default();
@@ -391,13 +457,22 @@ mod tests {
         state.tombstones.insert("1:0:c".into());
         let stamp = Timestamp::new(9, 9, "sync-0");
         let row = or_row("m", &key, &state, stamp.clone());
-        assert_eq!(decode_row(row), Ok(LoadedRow::Or { map_name: "m".into(), key, state, stamp }));
+        assert_eq!(
+            decode_row(row),
+            Ok(LoadedRow::Or {
+                map_name: "m".into(),
+                key,
+                state,
+                stamp
+            })
+        );
     }
 
     #[tokio::test]
     async fn pending_rows_are_carried_by_later_writes() {
-        let persistence = Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(200))
-            .expect("valid address");
+        let persistence =
+            Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(200))
+                .expect("valid address");
         let persistence = Arc::new(persistence);
         let mut state = ShardState::new();
         let mut hlc = Hlc::new("s");
@@ -410,7 +485,10 @@ mod tests {
         state.apply(&mut hlc, &op, &mut Vec::new());
         let prepared = persistence.prepare(&state, &mut hlc, [RowId::of(&op)], PIGGYBACK_ROWS);
         assert_eq!(prepared.len(), 1);
-        let err = persistence.write(prepared).await.expect_err("nothing listens on port 9");
+        let err = persistence
+            .write(prepared)
+            .await
+            .expect_err("nothing listens on port 9");
         assert!(err.is_retryable(), "{err}");
         assert_eq!(persistence.pending_len(), 1);
         // The next write takes the pending row along.

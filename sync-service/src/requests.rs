@@ -121,14 +121,20 @@ pub struct Origin {
 impl Origin {
     /// The protobuf form.
     pub fn to_proto(&self) -> pb_common::Origin {
-        pb_common::Origin { gateway_id: self.gateway_id.clone(), connection_id: self.connection_id }
+        pb_common::Origin {
+            gateway_id: self.gateway_id.clone(),
+            connection_id: self.connection_id,
+        }
     }
 }
 
 impl From<Option<pb_common::Origin>> for Origin {
     fn from(origin: Option<pb_common::Origin>) -> Self {
         origin
-            .map(|o| Origin { gateway_id: o.gateway_id, connection_id: o.connection_id })
+            .map(|o| Origin {
+                gateway_id: o.gateway_id,
+                connection_id: o.connection_id,
+            })
             .unwrap_or_default()
     }
 }
@@ -153,14 +159,22 @@ impl TryFrom<pb::ApplyBatchRequest> for ApplyBatch {
     fn try_from(req: pb::ApplyBatchRequest) -> Result<Self, SyncError> {
         let write_concern = pb_common::WriteConcern::try_from(req.write_concern)
             .map(WriteConcern::from)
-            .map_err(|_| SyncError::invalid(format!("unknown write concern {}", req.write_concern)))?;
+            .map_err(|_| {
+                SyncError::invalid(format!("unknown write concern {}", req.write_concern))
+            })?;
         let ops = req
             .ops
             .into_iter()
             .enumerate()
-            .map(|(i, op)| Op::try_from(op).map_err(|e| SyncError::invalid(format!("op #{i}: {}", strip(&e)))))
+            .map(|(i, op)| {
+                Op::try_from(op).map_err(|e| SyncError::invalid(format!("op #{i}: {}", strip(&e))))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ApplyBatch { ops, write_concern, origin: req.origin.into() })
+        Ok(ApplyBatch {
+            ops,
+            write_concern,
+            origin: req.origin.into(),
+        })
     }
 }
 
@@ -192,12 +206,21 @@ impl TryFrom<pb::Op> for Op {
                     check_tag(tag)?;
                 }
                 OpKind::OrMerge {
-                    records: merge.records.into_iter().map(or_record).collect::<Result<_, _>>()?,
+                    records: merge
+                        .records
+                        .into_iter()
+                        .map(or_record)
+                        .collect::<Result<_, _>>()?,
                     tombstones: merge.tombstones,
                 }
             }
         };
-        Ok(Op { op_id: op.op_id, map_name: op.map_name, key: HashedKey::new(op.key), kind })
+        Ok(Op {
+            op_id: op.op_id,
+            map_name: op.map_name,
+            key: HashedKey::new(op.key),
+            kind,
+        })
     }
 }
 
@@ -205,7 +228,11 @@ impl TryFrom<pb::Op> for Op {
 pub fn lww_record(record: pb_common::LwwRecord) -> Result<LwwRecord, SyncError> {
     let timestamp = timestamp(record.timestamp, "record.timestamp")?;
     check_wide(record.ttl_ms, "record.ttl_ms")?;
-    Ok(LwwRecord { value: decode_value_field(&record.value, "record.value")?, timestamp, ttl_ms: record.ttl_ms })
+    Ok(LwwRecord {
+        value: decode_value_field(&record.value, "record.value")?,
+        timestamp,
+        ttl_ms: record.ttl_ms,
+    })
 }
 
 /// Validates an OR record: timestamp present and storable, tag non-empty.
@@ -234,7 +261,9 @@ pub fn timestamp(ts: Option<pb_common::Timestamp>, field: &str) -> Result<Timest
 /// Storage keeps numbers as signed 64-bit integers.
 fn check_wide(value: Option<u64>, field: &str) -> Result<(), SyncError> {
     match value {
-        Some(v) if v > i64::MAX as u64 => Err(SyncError::invalid(format!("{field} {v} exceeds 2^63-1"))),
+        Some(v) if v > i64::MAX as u64 => {
+            Err(SyncError::invalid(format!("{field} {v} exceeds 2^63-1")))
+        }
         _ => Ok(()),
     }
 }
@@ -243,7 +272,9 @@ fn check_wide(value: Option<u64>, field: &str) -> Result<(), SyncError> {
 /// row unstorable and block persistence.
 fn check_text(value: &str, field: &str) -> Result<(), SyncError> {
     if value.contains('\0') {
-        return Err(SyncError::invalid(format!("{field} must not contain NUL characters")));
+        return Err(SyncError::invalid(format!(
+            "{field} must not contain NUL characters"
+        )));
     }
     Ok(())
 }
@@ -365,7 +396,12 @@ impl TryFrom<pb::RunQueryRequest> for RunQuery {
                 })?)
             }
         };
-        Ok(RunQuery { map_name: req.map_name, query, limit: req.limit as usize, after })
+        Ok(RunQuery {
+            map_name: req.map_name,
+            query,
+            limit: req.limit as usize,
+            after,
+        })
     }
 }
 
@@ -386,9 +422,16 @@ impl TryFrom<pb::MerkleNodeRequest> for MerkleNodeQuery {
     fn try_from(req: pb::MerkleNodeRequest) -> Result<Self, SyncError> {
         check_map_name(&req.map_name)?;
         let path = NodePath::parse(&req.path).ok_or_else(|| {
-            SyncError::invalid(format!("path must be \"\" or 1-3 lowercase hex characters, got {:?}", req.path))
+            SyncError::invalid(format!(
+                "path must be \"\" or 1-3 lowercase hex characters, got {:?}",
+                req.path
+            ))
         })?;
-        Ok(MerkleNodeQuery { kind: MapKind::from_proto(req.kind)?, map_name: req.map_name, path })
+        Ok(MerkleNodeQuery {
+            kind: MapKind::from_proto(req.kind)?,
+            map_name: req.map_name,
+            path,
+        })
     }
 }
 
@@ -435,11 +478,20 @@ mod tests {
     use super::*;
 
     fn ts() -> Option<pb_common::Timestamp> {
-        Some(pb_common::Timestamp { millis: 1, counter: 0, node_id: "n".into() })
+        Some(pb_common::Timestamp {
+            millis: 1,
+            counter: 0,
+            node_id: "n".into(),
+        })
     }
 
     fn op(kind: Option<pb::op::Kind>) -> pb::Op {
-        pb::Op { op_id: "1".into(), map_name: "m".into(), key: "k".into(), kind }
+        pb::Op {
+            op_id: "1".into(),
+            map_name: "m".into(),
+            key: "k".into(),
+            kind,
+        }
     }
 
     #[test]
@@ -451,24 +503,54 @@ mod tests {
         });
         let valid = Op::try_from(op(Some(put))).expect("valid");
         assert_eq!(valid.key, HashedKey::new("k"));
-        assert!(matches!(valid.kind, OpKind::LwwPut(LwwRecord { ttl_ms: Some(5), .. })));
+        assert!(matches!(
+            valid.kind,
+            OpKind::LwwPut(LwwRecord {
+                ttl_ms: Some(5),
+                ..
+            })
+        ));
         // Empty value bytes are a tombstone.
-        let tomb = pb::op::Kind::LwwPut(pb_common::LwwRecord { value: vec![], timestamp: ts(), ttl_ms: None });
-        assert!(matches!(Op::try_from(op(Some(tomb))).map(|o| o.kind), Ok(OpKind::LwwPut(r)) if r.is_tombstone()));
+        let tomb = pb::op::Kind::LwwPut(pb_common::LwwRecord {
+            value: vec![],
+            timestamp: ts(),
+            ttl_ms: None,
+        });
+        assert!(
+            matches!(Op::try_from(op(Some(tomb))).map(|o| o.kind), Ok(OpKind::LwwPut(r)) if r.is_tombstone())
+        );
     }
 
     #[test]
     fn junk_is_refused() {
         let cases = vec![
             op(None),
-            pb::Op { map_name: String::new(), ..op(Some(pb::op::Kind::LwwRemove(pb::LwwRemove {}))) },
-            pb::Op { key: "a\0b".into(), ..op(Some(pb::op::Kind::LwwRemove(pb::LwwRemove {}))) },
-            op(Some(pb::op::Kind::LwwPut(pb_common::LwwRecord { value: vec![0x92, 0x01], timestamp: ts(), ttl_ms: None }))),
-            op(Some(pb::op::Kind::LwwPut(pb_common::LwwRecord { value: vec![], timestamp: None, ttl_ms: None }))),
+            pb::Op {
+                map_name: String::new(),
+                ..op(Some(pb::op::Kind::LwwRemove(pb::LwwRemove {})))
+            },
+            pb::Op {
+                key: "a\0b".into(),
+                ..op(Some(pb::op::Kind::LwwRemove(pb::LwwRemove {})))
+            },
+            op(Some(pb::op::Kind::LwwPut(pb_common::LwwRecord {
+                value: vec![0x92, 0x01],
+                timestamp: ts(),
+                ttl_ms: None,
+            }))),
+            op(Some(pb::op::Kind::LwwPut(pb_common::LwwRecord {
+                value: vec![],
+                timestamp: None,
+                ttl_ms: None,
+            }))),
             op(Some(pb::op::Kind::OrRemoveTag(String::new()))),
             op(Some(pb::op::Kind::OrAdd(pb_common::OrRecord {
                 value: vec![],
-                timestamp: Some(pb_common::Timestamp { millis: u64::MAX, counter: 0, node_id: "n".into() }),
+                timestamp: Some(pb_common::Timestamp {
+                    millis: u64::MAX,
+                    counter: 0,
+                    node_id: "n".into(),
+                }),
                 tag: "t".into(),
                 ttl_ms: None,
             }))),
@@ -477,23 +559,52 @@ mod tests {
             let err = Op::try_from(case.clone()).expect_err("invalid");
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{case:?}: {err}");
         }
-        let bad_batch = pb::ApplyBatchRequest { ops: vec![], write_concern: 99, origin: None };
+        let bad_batch = pb::ApplyBatchRequest {
+            ops: vec![],
+            write_concern: 99,
+            origin: None,
+        };
         assert!(ApplyBatch::try_from(bad_batch).is_err());
     }
 
     #[test]
     fn paths_queries_and_positions_are_checked() {
-        let req = pb::MerkleNodeRequest { map_name: "m".into(), kind: 0, path: "xyz".into() };
+        let req = pb::MerkleNodeRequest {
+            map_name: "m".into(),
+            kind: 0,
+            path: "xyz".into(),
+        };
         assert!(MerkleNodeQuery::try_from(req).is_err());
-        let req = pb::MerkleNodeRequest { map_name: "m".into(), kind: 7, path: "".into() };
+        let req = pb::MerkleNodeRequest {
+            map_name: "m".into(),
+            kind: 7,
+            path: "".into(),
+        };
         assert!(MerkleNodeQuery::try_from(req).is_err());
-        let req = pb::RunQueryRequest { map_name: "m".into(), query: vec![0x01], limit: 0, after: None };
+        let req = pb::RunQueryRequest {
+            map_name: "m".into(),
+            query: vec![0x01],
+            limit: 0,
+            after: None,
+        };
         assert!(RunQuery::try_from(req).is_err());
         let after = wire::encode_value(&Value::Array(vec![Value::from(1)]));
-        let req = pb::RunQueryRequest { map_name: "m".into(), query: vec![], limit: 0, after: Some(after) };
-        assert!(RunQuery::try_from(req).is_err(), "last element must be the key");
-        let scan = ScanMap::try_from(pb::ScanMapRequest { map_name: "m".into(), limit: 1_000_000, ..Default::default() })
-            .expect("valid");
+        let req = pb::RunQueryRequest {
+            map_name: "m".into(),
+            query: vec![],
+            limit: 0,
+            after: Some(after),
+        };
+        assert!(
+            RunQuery::try_from(req).is_err(),
+            "last element must be the key"
+        );
+        let scan = ScanMap::try_from(pb::ScanMapRequest {
+            map_name: "m".into(),
+            limit: 1_000_000,
+            ..Default::default()
+        })
+        .expect("valid");
         assert_eq!(scan.limit, SCAN_MAX_LIMIT);
     }
 }

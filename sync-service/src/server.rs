@@ -53,7 +53,11 @@ pub async fn serve_with_listener(
     let persistence = match &cfg.storage_addr {
         Some(addr) => {
             let timeout = STORAGE_CALL_TIMEOUT.min(cfg.operation_timeout);
-            Some(Arc::new(Persistence::connect(addr, cfg.internal_token.as_deref(), timeout)?))
+            Some(Arc::new(Persistence::connect(
+                addr,
+                cfg.internal_token.as_deref(),
+                timeout,
+            )?))
         }
         None => None,
     };
@@ -68,10 +72,17 @@ pub async fn serve_with_listener(
         .map_err(|e| SyncError::Internal(format!("reflection service: {e}")))?;
 
     let admission = Admission::new(cfg.max_concurrent_operations, cfg.operation_timeout);
-    let sync = SyncServiceServer::new(SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_REQUEST_BYTES);
-    let sync = InterceptedService::new(sync, TokenCheck::new(cfg.internal_token.clone()).interceptor());
+    let sync = SyncServiceServer::new(SyncGrpc::new(
+        Arc::clone(&shard),
+        admission,
+        stop_rx.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_REQUEST_BYTES);
+    let sync = InterceptedService::new(
+        sync,
+        TokenCheck::new(cfg.internal_token.clone()).interceptor(),
+    );
 
     let local_addr = listener.local_addr()?;
     tracing::info!(
@@ -84,10 +95,20 @@ pub async fn serve_with_listener(
         "sync shard listening"
     );
 
-    let background = tokio::spawn(run_background(Arc::clone(&shard), health.clone(), cfg.clone(), stop_rx.clone()));
+    let background = tokio::spawn(run_background(
+        Arc::clone(&shard),
+        health.clone(),
+        cfg.clone(),
+        stop_rx.clone(),
+    ));
 
     let mut server_stop = stop_rx.clone();
     let server = Server::builder()
+        // Change-feed streams idle for long stretches; pings keep them (and the
+        // proxies between) alive and detect dead peers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sync)
@@ -122,7 +143,9 @@ pub async fn serve_with_listener(
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status("", status).await;
-    health.set_service_status("topgun.sync.v1.SyncService", status).await;
+    health
+        .set_service_status("topgun.sync.v1.SyncService", status)
+        .await;
 }
 
 /// Loads the shard, flips health to SERVING, then runs GC and the storage retry until

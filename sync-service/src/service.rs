@@ -11,9 +11,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tonic::{Request, Response, Status};
 use topgun_proto::grpc::sync as pb;
 use topgun_proto::grpc::sync::sync_service_server::SyncService;
-use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 /// A boxed server stream.
@@ -30,7 +30,11 @@ pub struct SyncGrpc {
 impl SyncGrpc {
     /// Serves `shard`; streams end when `shutdown` turns true.
     pub fn new(shard: Arc<Shard>, admission: Admission, shutdown: watch::Receiver<bool>) -> Self {
-        SyncGrpc { shard, admission, shutdown }
+        SyncGrpc {
+            shard,
+            admission,
+            shutdown,
+        }
     }
 
     /// Admits a unary call: a free slot, a loaded shard, and the call's time budget.
@@ -71,7 +75,9 @@ impl SyncService for SyncGrpc {
         let (_permit, budget) = self.admit(&request)?;
         let batch = ApplyBatch::try_from(request.into_inner())?;
         let span = tracing::debug_span!("apply_batch", ops = batch.ops.len());
-        let results = within(budget, self.shard.apply_batch(batch)).instrument(span).await?;
+        let results = within(budget, self.shard.apply_batch(batch))
+            .instrument(span)
+            .await?;
         Ok(Response::new(pb::ApplyBatchResponse { results }))
     }
 
@@ -102,7 +108,9 @@ impl SyncService for SyncGrpc {
         let (_permit, budget) = self.admit(&request)?;
         let req = RunQuery::try_from(request.into_inner())?;
         let span = tracing::debug_span!("run_query", map = %req.map_name);
-        let result = within(budget, self.blocking(move |shard| shard.run_query(&req))).instrument(span).await?;
+        let result = within(budget, self.blocking(move |shard| shard.run_query(&req)))
+            .instrument(span)
+            .await?;
         Ok(Response::new(result))
     }
 
@@ -127,8 +135,16 @@ impl SyncService for SyncGrpc {
         for name in &req.map_names {
             crate::requests::check_map_name(name)?;
         }
-        let from = SubscribeFrom { map_names: req.map_names, from_seq: req.from_seq, epoch: req.epoch };
-        tracing::debug!(from_seq = from.from_seq, maps = from.map_names.len(), "change feed subscription");
+        let from = SubscribeFrom {
+            map_names: req.map_names,
+            from_seq: req.from_seq,
+            epoch: req.epoch,
+        };
+        tracing::debug!(
+            from_seq = from.from_seq,
+            maps = from.map_names.len(),
+            "change feed subscription"
+        );
         let stream = self.shard.feed().subscribe(from, self.shutdown.clone())?;
         Ok(Response::new(Box::pin(stream)))
     }
@@ -153,7 +169,9 @@ impl SyncService for SyncGrpc {
         if *self.shutdown.borrow() {
             return Err(SyncError::ShuttingDown.into());
         }
-        Ok(Response::new(Box::pin(self.shard.topics().subscribe(self.shutdown.clone()))))
+        Ok(Response::new(Box::pin(
+            self.shard.topics().subscribe(self.shutdown.clone()),
+        )))
     }
 
     async fn list_maps(

@@ -14,7 +14,8 @@ use crate::gc;
 use crate::merkle::NodePath;
 use crate::persistence::{self, LoadedRow, Persistence, PIGGYBACK_ROWS, RETRY_CHUNK_ROWS};
 use crate::requests::{
-    ApplyBatch, GetRecords, HashedKey, MapKind, MerkleNodeQuery, Origin, RunQuery, ScanMap, WriteConcern,
+    ApplyBatch, GetRecords, HashedKey, MapKind, MerkleNodeQuery, Origin, RunQuery, ScanMap,
+    WriteConcern,
 };
 use crate::shutdown::stopped;
 use crate::state::{RowId, ShardState};
@@ -113,7 +114,11 @@ impl Shard {
         if self.partitions.contains(partition) {
             Ok(())
         } else {
-            Err(SyncError::NotOwner { partition, key: key.key.clone(), node_id: self.node_id.clone() })
+            Err(SyncError::NotOwner {
+                partition,
+                key: key.key.clone(),
+                node_id: self.node_id.clone(),
+            })
         }
     }
 
@@ -134,13 +139,21 @@ impl Shard {
             let mut state = self.state.write();
             let mut hlc = self.hlc.lock();
             let mut changes = Vec::new();
-            let changed: Vec<bool> =
-                batch.ops.iter().map(|op| state.apply(&mut hlc, op, &mut changes)).collect();
+            let changed: Vec<bool> = batch
+                .ops
+                .iter()
+                .map(|op| state.apply(&mut hlc, op, &mut changes))
+                .collect();
             self.feed.publish(changes, &batch.origin);
             // Every touched row is written, changed or not: a retried op that merges as
             // unchanged must still be durable before it is reported so.
             let prepared = self.persistence.as_ref().map(|p| {
-                p.prepare(&state, &mut hlc, batch.ops.iter().map(RowId::of), PIGGYBACK_ROWS)
+                p.prepare(
+                    &state,
+                    &mut hlc,
+                    batch.ops.iter().map(RowId::of),
+                    PIGGYBACK_ROWS,
+                )
             });
             (changed, prepared)
         };
@@ -156,7 +169,14 @@ impl Shard {
             (true, String::new())
         } else {
             // The wording clients know from core.md §5.9.
-            (false, format!("Timeout: achieved {}, requested {}", level_name(achieved), level_name(requested)))
+            (
+                false,
+                format!(
+                    "Timeout: achieved {}, requested {}",
+                    level_name(achieved),
+                    level_name(requested)
+                ),
+            )
         };
         let achieved_level = pb_common::WriteConcern::from(achieved) as i32;
         Ok(batch
@@ -180,10 +200,14 @@ impl Shard {
         }
         let state = self.state.read();
         let found = req.keys.iter().filter_map(|key| match req.kind {
-            MapKind::Lww => {
-                state.lww(&req.map_name).and_then(|m| m.get(&key.key)).map(|r| lww_key_state(&key.key, r))
-            }
-            MapKind::Or => state.or(&req.map_name).and_then(|m| m.get(&key.key)).map(|s| or_key_state(&key.key, s)),
+            MapKind::Lww => state
+                .lww(&req.map_name)
+                .and_then(|m| m.get(&key.key))
+                .map(|r| lww_key_state(&key.key, r)),
+            MapKind::Or => state
+                .or(&req.map_name)
+                .and_then(|m| m.get(&key.key))
+                .map(|s| or_key_state(&key.key, s)),
         });
         Ok(found.collect())
     }
@@ -201,7 +225,11 @@ impl Shard {
                     let mut iter = map.range_after(after);
                     for (examined, (key, record)) in iter.by_ref().enumerate() {
                         last_key = Some(key.clone());
-                        if req.since.as_ref().is_none_or(|since| record.timestamp > *since) {
+                        if req
+                            .since
+                            .as_ref()
+                            .is_none_or(|since| record.timestamp > *since)
+                        {
                             records.push(lww_key_state(key, record));
                         }
                         if records.len() >= req.limit || examined + 1 >= SCAN_MAX_EXAMINED {
@@ -225,8 +253,14 @@ impl Shard {
                 }
             }
         }
-        let last_key = last_key.or_else(|| req.after_key.clone()).unwrap_or_default();
-        pb::ScanMapResponse { records, last_key, done }
+        let last_key = last_key
+            .or_else(|| req.after_key.clone())
+            .unwrap_or_default();
+        pb::ScanMapResponse {
+            records,
+            last_key,
+            done,
+        }
     }
 
     /// Evaluates a query over the LWW map: live, unexpired records that match, strictly
@@ -244,11 +278,14 @@ impl Shard {
             .filter(|(_, r)| !r.is_tombstone() && !r.is_expired(now) && plan.matches(&r.value))
             .map(|(key, record)| (plan.position(key, &record.value), record))
             .filter(|(position, _)| {
-                req.after.as_ref().is_none_or(|after| plan.cmp_positions(position, after) == Ordering::Greater)
+                req.after
+                    .as_ref()
+                    .is_none_or(|after| plan.cmp_positions(position, after) == Ordering::Greater)
             })
             .collect();
         let matched = rows.len() as u64;
-        let order = |a: &(topgun_proto::predicate::Position, &LwwRecord), b: &(topgun_proto::predicate::Position, &LwwRecord)| {
+        let order = |a: &(topgun_proto::predicate::Position, &LwwRecord),
+                     b: &(topgun_proto::predicate::Position, &LwwRecord)| {
             plan.cmp_positions(&a.0, &b.0)
         };
         if req.limit > 0 && req.limit < rows.len() {
@@ -259,7 +296,10 @@ impl Shard {
         rows.sort_by(order);
         let rows = rows
             .into_iter()
-            .map(|(position, record)| pb::QueryRow { key: position.key, value: wire::encode_value(&record.value) })
+            .map(|(position, record)| pb::QueryRow {
+                key: position.key,
+                value: wire::encode_value(&record.value),
+            })
             .collect();
         pb::RunQueryResponse { rows, matched }
     }
@@ -304,7 +344,10 @@ impl Shard {
         };
         pb::MerkleNodeResponse {
             hash,
-            buckets: buckets.into_iter().map(|(c, h)| (c.to_string(), h)).collect(),
+            buckets: buckets
+                .into_iter()
+                .map(|(c, h)| (c.to_string(), h))
+                .collect(),
             entries,
         }
     }
@@ -313,15 +356,23 @@ impl Shard {
     /// records or tombstones), per partition.
     pub fn list_maps(&self) -> pb::ListMapsResponse {
         let state = self.state.read();
-        let lww = state.lww_maps().map(|(name, m)| (name, MapKind::Lww, m.partitions()));
-        let or = state.or_maps().map(|(name, m)| (name, MapKind::Or, m.partitions()));
+        let lww = state
+            .lww_maps()
+            .map(|(name, m)| (name, MapKind::Lww, m.partitions()));
+        let or = state
+            .or_maps()
+            .map(|(name, m)| (name, MapKind::Or, m.partitions()));
         let mut maps: Vec<pb::MapStats> = lww
             .chain(or)
             .map(|(name, kind, counts)| pb::MapStats {
                 map_name: name.clone(),
                 kind: kind.to_proto() as i32,
                 records: counts.total(),
-                partitions: counts.by_partition().iter().map(|(p, n)| (*p, *n)).collect(),
+                partitions: counts
+                    .by_partition()
+                    .iter()
+                    .map(|(p, n)| (*p, *n))
+                    .collect(),
             })
             .collect();
         maps.sort_by(|a, b| a.map_name.cmp(&b.map_name).then(a.kind.cmp(&b.kind)));
@@ -342,14 +393,23 @@ impl Shard {
 
     /// Loads the owned partitions from storage, retrying with backoff while storage is
     /// unreachable; returns early only on shutdown. Memory-only shards return at once.
-    pub async fn load_from_storage(&self, mut shutdown: watch::Receiver<bool>) -> Result<u64, SyncError> {
-        let Some(persistence) = &self.persistence else { return Ok(0) };
+    pub async fn load_from_storage(
+        &self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<u64, SyncError> {
+        let Some(persistence) = &self.persistence else {
+            return Ok(0);
+        };
         let mut backoff = Duration::from_millis(200);
         loop {
-            let loaded = persistence.load(self.partitions.as_slice(), |page| self.apply_loaded(page)).await;
+            let loaded = persistence
+                .load(self.partitions.as_slice(), |page| self.apply_loaded(page))
+                .await;
             match loaded {
                 Ok(rows) => return Ok(rows),
-                Err(err) => tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "loading partitions from storage failed"),
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "loading partitions from storage failed")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -376,11 +436,20 @@ impl Shard {
                     }
                     // Later timestamps from this clock must beat every stored row.
                     match loaded {
-                        LoadedRow::Lww { map_name, key, record } => {
+                        LoadedRow::Lww {
+                            map_name,
+                            key,
+                            record,
+                        } => {
                             let _ = hlc.update(&record.timestamp);
                             state.load_lww(&map_name, &key, record);
                         }
-                        LoadedRow::Or { map_name, key, state: key_state, stamp } => {
+                        LoadedRow::Or {
+                            map_name,
+                            key,
+                            state: key_state,
+                            stamp,
+                        } => {
                             let _ = hlc.update(&stamp);
                             for record in key_state.records.values() {
                                 let _ = hlc.update(&record.timestamp);
@@ -389,7 +458,9 @@ impl Shard {
                         }
                     }
                 }
-                Err(reason) => tracing::warn!(map = %map_name, key = %key, %reason, "skipping undecodable stored row"),
+                Err(reason) => {
+                    tracing::warn!(map = %map_name, key = %key, %reason, "skipping undecodable stored row")
+                }
             }
         }
     }
@@ -398,9 +469,10 @@ impl Shard {
     pub async fn gc_round(self: &Arc<Self>) -> Result<GcReport, SyncError> {
         let this = Arc::clone(self);
         // A sweep walks whole maps under the write lock: keep it off the async workers.
-        let (report, prepared) = tokio::task::spawn_blocking(move || this.gc_sweep(wall_clock_ms()))
-            .await
-            .map_err(|e| SyncError::Internal(format!("gc task failed: {e}")))?;
+        let (report, prepared) =
+            tokio::task::spawn_blocking(move || this.gc_sweep(wall_clock_ms()))
+                .await
+                .map_err(|e| SyncError::Internal(format!("gc task failed: {e}")))?;
         if let (Some(p), Some(prepared)) = (&self.persistence, prepared) {
             p.write(prepared).await?;
         }
@@ -410,14 +482,28 @@ impl Shard {
     fn gc_sweep(&self, now_ms: u64) -> (GcReport, Option<persistence::PreparedWrite>) {
         let mut state = self.state.write();
         let mut hlc = self.hlc.lock();
-        let outcome = gc::sweep(&mut state, &mut hlc, now_ms, self.tombstone_ttl_ms, &self.node_id);
-        let report = GcReport { expired: outcome.expired, pruned: outcome.pruned };
+        let outcome = gc::sweep(
+            &mut state,
+            &mut hlc,
+            now_ms,
+            self.tombstone_ttl_ms,
+            &self.node_id,
+        );
+        let report = GcReport {
+            expired: outcome.expired,
+            pruned: outcome.pruned,
+        };
         // System changes carry an empty origin, so every gateway forwards them.
         self.feed.publish(outcome.changes, &Origin::default());
         let prepared = self.persistence.as_ref().map(|p| {
             let mut prepared = p.prepare(&state, &mut hlc, outcome.touched, 0);
             for (id, stamp) in outcome.deletes {
-                prepared.push_unretried(persistence::delete_mutation(&id.map_name, &id.key, id.kind, stamp));
+                prepared.push_unretried(persistence::delete_mutation(
+                    &id.map_name,
+                    &id.key,
+                    id.kind,
+                    stamp,
+                ));
             }
             prepared
         });
@@ -426,7 +512,9 @@ impl Shard {
 
     /// Writes up to one chunk of pending rows; returns how many were sent.
     pub async fn flush_pending(&self) -> Result<usize, SyncError> {
-        let Some(p) = &self.persistence else { return Ok(0) };
+        let Some(p) = &self.persistence else {
+            return Ok(0);
+        };
         if p.pending_len() == 0 {
             return Ok(0);
         }
@@ -442,7 +530,10 @@ impl Shard {
 
     /// The LWW record of `key` in `map_name` (tests and tools).
     pub fn lww_record(&self, map_name: &str, key: &str) -> Option<LwwRecord> {
-        self.state.read().lww(map_name).and_then(|m| m.get(key).cloned())
+        self.state
+            .read()
+            .lww(map_name)
+            .and_then(|m| m.get(key).cloned())
     }
 
     /// The current HLC reading, advancing the clock.
@@ -462,7 +553,12 @@ fn level_name(level: WriteConcern) -> &'static str {
 }
 
 fn lww_key_state(key: &str, record: &LwwRecord) -> pb_common::KeyState {
-    pb_common::KeyState { key: key.to_string(), lww: Some(record.into()), or_records: Vec::new(), or_tombstones: Vec::new() }
+    pb_common::KeyState {
+        key: key.to_string(),
+        lww: Some(record.into()),
+        or_records: Vec::new(),
+        or_tombstones: Vec::new(),
+    }
 }
 
 fn or_key_state(key: &str, state: &crate::crdt::OrKeyState) -> pb_common::KeyState {
@@ -482,7 +578,10 @@ mod tests {
     use rmpv::Value;
 
     fn shard(partitions: Option<&str>) -> Shard {
-        let config = SyncConfig { partitions: partitions.map(Into::into), ..Default::default() };
+        let config = SyncConfig {
+            partitions: partitions.map(Into::into),
+            ..Default::default()
+        };
         Shard::new(&config.validate().expect("valid"), None)
     }
 
@@ -491,23 +590,49 @@ mod tests {
             op_id: key.to_string(),
             map_name: "m".into(),
             key: HashedKey::new(key),
-            kind: OpKind::LwwPut(LwwRecord { value, timestamp: Timestamp::new(millis, 0, "c"), ttl_ms: None }),
+            kind: OpKind::LwwPut(LwwRecord {
+                value,
+                timestamp: Timestamp::new(millis, 0, "c"),
+                ttl_ms: None,
+            }),
         }
     }
 
     fn batch(ops: Vec<Op>, write_concern: WriteConcern) -> ApplyBatch {
-        ApplyBatch { ops, write_concern, origin: Origin::default() }
+        ApplyBatch {
+            ops,
+            write_concern,
+            origin: Origin::default(),
+        }
     }
 
     #[tokio::test]
     async fn memory_only_reaches_applied_and_flags_unmet_levels() {
         let shard = shard(None);
-        let results = shard.apply_batch(batch(vec![put("a", Value::from(1), 1)], WriteConcern::Applied)).await.expect("ok");
+        let results = shard
+            .apply_batch(batch(
+                vec![put("a", Value::from(1), 1)],
+                WriteConcern::Applied,
+            ))
+            .await
+            .expect("ok");
         assert!(results[0].success && results[0].changed);
-        assert_eq!(results[0].achieved_level, pb_common::WriteConcern::Applied as i32);
-        let results = shard.apply_batch(batch(vec![put("a", Value::from(1), 1)], WriteConcern::Persisted)).await.expect("ok");
+        assert_eq!(
+            results[0].achieved_level,
+            pb_common::WriteConcern::Applied as i32
+        );
+        let results = shard
+            .apply_batch(batch(
+                vec![put("a", Value::from(1), 1)],
+                WriteConcern::Persisted,
+            ))
+            .await
+            .expect("ok");
         assert!(!results[0].success && !results[0].changed);
-        assert_eq!(results[0].error, "Timeout: achieved APPLIED, requested PERSISTED");
+        assert_eq!(
+            results[0].error,
+            "Timeout: achieved APPLIED, requested PERSISTED"
+        );
         assert_eq!(shard.feed().last_seq(), 1, "only the change made an event");
     }
 
@@ -516,7 +641,13 @@ mod tests {
         // "user-1" is partition 120.
         let shard = shard(Some("0-110"));
         let err = shard
-            .apply_batch(batch(vec![put("a", Value::from(1), 1), put("user-1", Value::from(1), 1)], WriteConcern::Applied))
+            .apply_batch(batch(
+                vec![
+                    put("a", Value::from(1), 1),
+                    put("user-1", Value::from(1), 1),
+                ],
+                WriteConcern::Applied,
+            ))
             .await
             .expect_err("foreign");
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
@@ -542,15 +673,32 @@ mod tests {
         state.apply(&mut hlc, &expired, &mut sink);
         drop((state, hlc));
         let sort = Value::Map(vec![(Value::from("n"), Value::from("desc"))]);
-        let query = wire::Query { sort: Some(sort), ..Default::default() };
-        let req = RunQuery { map_name: "m".into(), query: query.clone(), limit: 2, after: None };
+        let query = wire::Query {
+            sort: Some(sort),
+            ..Default::default()
+        };
+        let req = RunQuery {
+            map_name: "m".into(),
+            query: query.clone(),
+            limit: 2,
+            after: None,
+        };
         let res = shard.run_query(&req);
         assert_eq!(res.matched, 4);
-        assert_eq!(res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["d", "a"]);
+        assert_eq!(
+            res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec!["d", "a"]
+        );
         let plan = QueryPlan::from_query(&query);
         let after = plan.position("a", &doc(3));
-        let res = shard.run_query(&RunQuery { after: Some(after), ..req });
+        let res = shard.run_query(&RunQuery {
+            after: Some(after),
+            ..req
+        });
         assert_eq!(res.matched, 2);
-        assert_eq!(res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), vec!["c", "b"]);
+        assert_eq!(
+            res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            vec!["c", "b"]
+        );
     }
 }

@@ -49,7 +49,11 @@ pub struct RowId {
 impl RowId {
     /// The row an op writes.
     pub fn of(op: &Op) -> Self {
-        RowId { kind: op.kind.map_kind(), map_name: op.map_name.clone(), key: op.key.key.clone() }
+        RowId {
+            kind: op.kind.map_kind(),
+            map_name: op.map_name.clone(),
+            key: op.key.key.clone(),
+        }
     }
 }
 
@@ -78,7 +82,11 @@ impl ShardState {
                 self.merge_lww(&op.map_name, key, record.clone(), changes)
             }
             OpKind::LwwRemove => {
-                let tombstone = LwwRecord { value: rmpv::Value::Nil, timestamp: hlc.now(), ttl_ms: None };
+                let tombstone = LwwRecord {
+                    value: rmpv::Value::Nil,
+                    timestamp: hlc.now(),
+                    ttl_ms: None,
+                };
                 self.merge_lww(&op.map_name, key, tombstone, changes)
             }
             OpKind::OrAdd(record) => {
@@ -101,7 +109,10 @@ impl ShardState {
                 }
                 changed
             }
-            OpKind::OrMerge { records, tombstones } => {
+            OpKind::OrMerge {
+                records,
+                tombstones,
+            } => {
                 for record in records {
                     absorb(hlc, &record.timestamp);
                 }
@@ -143,12 +154,18 @@ impl ShardState {
 
     /// Folds a stored LWW record into the state (start-up load; no change recorded).
     pub fn load_lww(&mut self, map_name: &str, key: &HashedKey, record: LwwRecord) {
-        self.lww.entry(map_name.to_string()).or_default().merge(&key.key, key.hash, record);
+        self.lww
+            .entry(map_name.to_string())
+            .or_default()
+            .merge(&key.key, key.hash, record);
     }
 
     /// Folds a stored OR key state into the state (start-up load; no change recorded).
     pub fn load_or(&mut self, map_name: &str, key: &HashedKey, state: OrKeyState) {
-        self.or.entry(map_name.to_string()).or_default().load_key(&key.key, key.hash, state);
+        self.or
+            .entry(map_name.to_string())
+            .or_default()
+            .load_key(&key.key, key.hash, state);
     }
 
     /// The LWW map `name`, if it exists.
@@ -193,7 +210,11 @@ fn absorb(hlc: &mut Hlc, ts: &Timestamp) {
 }
 
 fn change(map_name: &str, key: &HashedKey, kind: ChangeKind) -> Change {
-    Change { map_name: map_name.to_string(), key: key.clone(), kind }
+    Change {
+        map_name: map_name.to_string(),
+        key: key.clone(),
+        kind,
+    }
 }
 
 #[cfg(test)]
@@ -202,7 +223,12 @@ mod tests {
     use rmpv::Value;
 
     fn op(map: &str, key: &str, kind: OpKind) -> Op {
-        Op { op_id: String::new(), map_name: map.into(), key: HashedKey::new(key), kind }
+        Op {
+            op_id: String::new(),
+            map_name: map.into(),
+            key: HashedKey::new(key),
+            kind,
+        }
     }
 
     #[test]
@@ -211,8 +237,16 @@ mod tests {
         let mut hlc = Hlc::new("sync-0");
         let mut changes = Vec::new();
         let far = Timestamp::new(u64::from(u32::MAX) * 1000, 5, "client");
-        let put = LwwRecord { value: Value::from(1), timestamp: far.clone(), ttl_ms: None };
-        assert!(state.apply(&mut hlc, &op("m", "k", OpKind::LwwPut(put.clone())), &mut changes));
+        let put = LwwRecord {
+            value: Value::from(1),
+            timestamp: far.clone(),
+            ttl_ms: None,
+        };
+        assert!(state.apply(
+            &mut hlc,
+            &op("m", "k", OpKind::LwwPut(put.clone())),
+            &mut changes
+        ));
         assert!(state.apply(&mut hlc, &op("m", "k", OpKind::LwwRemove), &mut changes));
         let stored = state.lww("m").and_then(|m| m.get("k")).expect("stored");
         assert!(stored.is_tombstone());
@@ -229,11 +263,28 @@ mod tests {
         let mut state = ShardState::new();
         let mut hlc = Hlc::new("s");
         let mut changes = Vec::new();
-        let rec = OrMapRecord { value: Value::from(1), timestamp: Timestamp::new(1, 0, "c"), tag: "t".into(), ttl_ms: None };
-        assert!(state.apply(&mut hlc, &op("m", "k", OpKind::OrAdd(rec.clone())), &mut changes));
+        let rec = OrMapRecord {
+            value: Value::from(1),
+            timestamp: Timestamp::new(1, 0, "c"),
+            tag: "t".into(),
+            ttl_ms: None,
+        };
+        assert!(state.apply(
+            &mut hlc,
+            &op("m", "k", OpKind::OrAdd(rec.clone())),
+            &mut changes
+        ));
         assert!(!state.apply(&mut hlc, &op("m", "k", OpKind::OrAdd(rec)), &mut changes));
-        assert!(state.apply(&mut hlc, &op("m", "k", OpKind::OrRemove("t".into())), &mut changes));
-        assert!(!state.apply(&mut hlc, &op("m", "k", OpKind::OrRemove("t".into())), &mut changes));
+        assert!(state.apply(
+            &mut hlc,
+            &op("m", "k", OpKind::OrRemove("t".into())),
+            &mut changes
+        ));
+        assert!(!state.apply(
+            &mut hlc,
+            &op("m", "k", OpKind::OrRemove("t".into())),
+            &mut changes
+        ));
         assert_eq!(changes.len(), 2);
     }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
+use tonic::Status;
 use topgun_proto::grpc::sync as pb;
 use topgun_proto::hlc::wall_clock_ms;
-use tonic::Status;
 
 /// Messages buffered per relay before a lagging subscriber starts skipping.
 pub const TOPIC_BUFFER: usize = 4096;
@@ -37,7 +37,10 @@ impl TopicRelay {
     /// A relay buffering `capacity` messages.
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        TopicRelay { sender, dropped: Arc::new(AtomicU64::new(0)) }
+        TopicRelay {
+            sender,
+            dropped: Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Relays a message to every current subscriber; returns how many there were.
@@ -73,7 +76,11 @@ impl TopicRelay {
                         Ok(message) => Some(Ok((*message).clone())),
                         Err(BroadcastStreamRecvError::Lagged(skipped)) => {
                             let total = dropped.fetch_add(skipped, Ordering::Relaxed) + skipped;
-                            tracing::warn!(skipped, total, "topic subscriber lagged, messages skipped");
+                            tracing::warn!(
+                                skipped,
+                                total,
+                                "topic subscriber lagged, messages skipped"
+                            );
                             None
                         }
                     }
@@ -89,7 +96,12 @@ mod tests {
     use crate::requests::Origin;
 
     fn msg(topic: &str, n: u8) -> Publish {
-        Publish { topic: topic.into(), data: vec![n], origin: Origin::default(), publisher_id: None }
+        Publish {
+            topic: topic.into(),
+            data: vec![n],
+            origin: Origin::default(),
+            publisher_id: None,
+        }
     }
 
     #[tokio::test]

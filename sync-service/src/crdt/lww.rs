@@ -26,18 +26,24 @@ impl LwwMap {
     /// Merges `record` into `key` (whose `fnv1a` is `key_hash`). Returns `None` when the
     /// map is unchanged (equal or older timestamp: the local record is kept), otherwise
     /// `Some(previous record)`. The record is stored verbatim, `ttlMs` included.
-    pub fn merge(&mut self, key: &str, key_hash: u32, record: LwwRecord) -> Option<Option<LwwRecord>> {
-        let entry_hash = lww_entry_hash(key, &record.timestamp);
+    pub fn merge(
+        &mut self,
+        key: &str,
+        key_hash: u32,
+        record: LwwRecord,
+    ) -> Option<Option<LwwRecord>> {
         match self.records.get_mut(key) {
             Some(local) => {
                 if record.timestamp <= local.timestamp {
                     return None;
                 }
+                let entry_hash = lww_entry_hash(key, &record.timestamp);
                 let previous = std::mem::replace(local, record);
                 self.tree.update(key_hash, key, entry_hash);
                 Some(Some(previous))
             }
             None => {
+                let entry_hash = lww_entry_hash(key, &record.timestamp);
                 self.records.insert(key.to_string(), record);
                 self.tree.update(key_hash, key, entry_hash);
                 self.partitions.added(key_hash);
@@ -117,7 +123,10 @@ impl LwwMap {
             .filter(|(_, r)| !r.is_tombstone() && r.is_expired(now_ms))
             .map(|(k, r)| {
                 let ttl = r.ttl_ms.unwrap_or(0);
-                (k.clone(), Timestamp::new(r.timestamp.millis.saturating_add(ttl), 0, node_id))
+                (
+                    k.clone(),
+                    Timestamp::new(r.timestamp.millis.saturating_add(ttl), 0, node_id),
+                )
             })
             .collect()
     }
@@ -130,7 +139,11 @@ mod tests {
     use topgun_proto::hash::fnv1a;
 
     fn rec(value: Value, millis: u64, counter: u64, node: &str) -> LwwRecord {
-        LwwRecord { value, timestamp: Timestamp::new(millis, counter, node), ttl_ms: None }
+        LwwRecord {
+            value,
+            timestamp: Timestamp::new(millis, counter, node),
+            ttl_ms: None,
+        }
     }
 
     fn merge(map: &mut LwwMap, key: &str, record: LwwRecord) -> Option<Option<LwwRecord>> {
@@ -140,9 +153,20 @@ mod tests {
     #[test]
     fn strictly_newer_wins_and_equal_keeps_local() {
         let mut map = LwwMap::new();
-        assert_eq!(merge(&mut map, "k", rec(Value::from(1), 10, 0, "a")), Some(None));
-        assert_eq!(merge(&mut map, "k", rec(Value::from(2), 10, 0, "a")), None, "equal keeps local");
-        assert_eq!(merge(&mut map, "k", rec(Value::from(3), 9, 5, "z")), None, "older loses");
+        assert_eq!(
+            merge(&mut map, "k", rec(Value::from(1), 10, 0, "a")),
+            Some(None)
+        );
+        assert_eq!(
+            merge(&mut map, "k", rec(Value::from(2), 10, 0, "a")),
+            None,
+            "equal keeps local"
+        );
+        assert_eq!(
+            merge(&mut map, "k", rec(Value::from(3), 9, 5, "z")),
+            None,
+            "older loses"
+        );
         let newer = merge(&mut map, "k", rec(Value::from(4), 10, 0, "b"));
         assert_eq!(newer, Some(Some(rec(Value::from(1), 10, 0, "a"))));
         assert_eq!(map.get("k").map(|r| r.value.clone()), Some(Value::from(4)));
@@ -151,17 +175,28 @@ mod tests {
     #[test]
     fn tombstones_stay_in_the_tree_until_pruned() {
         let mut map = LwwMap::new();
-        merge(&mut map, "user-1", rec(Value::from("x"), 1_700_000_000_000, 1, "node-1"));
+        merge(
+            &mut map,
+            "user-1",
+            rec(Value::from("x"), 1_700_000_000_000, 1, "node-1"),
+        );
         merge(&mut map, "gone", rec(Value::Nil, 5, 0, "n"));
         let with_tombstone = map.tree().root_hash();
         assert_eq!(map.len(), 2);
         assert_eq!(map.partitions().total(), 2);
         let pruned = map.prune_tombstones(&Timestamp::new(6, 0, ""));
-        assert_eq!(pruned, vec![("gone".to_string(), Timestamp::new(5, 0, "n"))]);
+        assert_eq!(
+            pruned,
+            vec![("gone".to_string(), Timestamp::new(5, 0, "n"))]
+        );
         assert_ne!(map.tree().root_hash(), with_tombstone);
         assert_eq!(map.tree().root_hash(), 1214284741);
         assert_eq!(map.partitions().total(), 1);
-        assert!(map.prune_tombstones(&Timestamp::new(u64::MAX, 0, "")).is_empty(), "live kept");
+        assert!(
+            map.prune_tombstones(&Timestamp::new(u64::MAX, 0, ""))
+                .is_empty(),
+            "live kept"
+        );
     }
 
     #[test]
@@ -172,7 +207,10 @@ mod tests {
         merge(&mut map, "t", ttl);
         merge(&mut map, "forever", rec(Value::from(1), 1_000, 0, "c"));
         assert!(map.expired(1_500, "s").is_empty(), "alive at equality");
-        assert_eq!(map.expired(1_501, "s"), vec![("t".to_string(), Timestamp::new(1_500, 0, "s"))]);
+        assert_eq!(
+            map.expired(1_501, "s"),
+            vec![("t".to_string(), Timestamp::new(1_500, 0, "s"))]
+        );
     }
 
     #[test]

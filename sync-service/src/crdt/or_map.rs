@@ -162,7 +162,10 @@ impl OrMap {
     /// tombstones, sorted.
     pub fn leaf_keys(&self, path: &NodePath) -> Vec<&str> {
         let mut keys: Vec<&str> = self.tree.leaf_keys(path).collect();
-        if let Some(extra) = path.leaf_index().and_then(|leaf| self.tombstone_only.get(&leaf)) {
+        if let Some(extra) = path
+            .leaf_index()
+            .and_then(|leaf| self.tombstone_only.get(&leaf))
+        {
             keys.extend(extra.iter().map(String::as_str));
         }
         keys.sort_unstable();
@@ -219,7 +222,8 @@ impl OrMap {
         };
         match self.keys.get(key) {
             Some(state) if has_records => {
-                self.tree.update(key_hash, key, or_entry_hash(key, state.records.values()));
+                self.tree
+                    .update(key_hash, key, or_entry_hash(key, state.records.values()));
             }
             Some(_) => {
                 self.tree.remove(key_hash, key);
@@ -228,7 +232,10 @@ impl OrMap {
             None => self.tree.remove(key_hash, key),
         }
         if has_tombstones && !has_records {
-            self.tombstone_only.entry(leaf).or_default().insert(key.to_string());
+            self.tombstone_only
+                .entry(leaf)
+                .or_default()
+                .insert(key.to_string());
         } else if let Some(set) = self.tombstone_only.get_mut(&leaf) {
             set.remove(key);
             if set.is_empty() {
@@ -268,7 +275,12 @@ mod tests {
     use topgun_proto::hash::fnv1a;
 
     fn rec(tag: &str, value: Value, millis: u64) -> OrMapRecord {
-        OrMapRecord { value, timestamp: Timestamp::new(millis, 0, "n1"), tag: tag.into(), ttl_ms: None }
+        OrMapRecord {
+            value,
+            timestamp: Timestamp::new(millis, 0, "n1"),
+            tag: tag.into(),
+            ttl_ms: None,
+        }
     }
 
     #[test]
@@ -279,11 +291,20 @@ mod tests {
         assert!(a.apply_tombstone("tags", h, "t1"));
         let mut b = OrMap::new();
         assert!(b.apply_tombstone("tags", h, "t1"));
-        assert!(!b.apply("tags", h, rec("t1", Value::from("x"), 1)), "tombstoned tag ignored");
+        assert!(
+            !b.apply("tags", h, rec("t1", Value::from("x"), 1)),
+            "tombstoned tag ignored"
+        );
         assert_eq!(a.get("tags"), b.get("tags"));
         assert_eq!(a.tree().root_hash(), 0);
-        assert_eq!(a.tree().buckets(&NodePath::ROOT), b.tree().buckets(&NodePath::ROOT));
-        assert!(!a.apply_tombstone("tags", h, "t1"), "second remove is a no-op");
+        assert_eq!(
+            a.tree().buckets(&NodePath::ROOT),
+            b.tree().buckets(&NodePath::ROOT)
+        );
+        assert!(
+            !a.apply_tombstone("tags", h, "t1"),
+            "second remove is a no-op"
+        );
     }
 
     #[test]
@@ -321,7 +342,10 @@ mod tests {
         );
         assert_eq!(
             changes,
-            vec![OrChange::Removed("a".into()), OrChange::Added(rec("b", Value::from(2), 2))]
+            vec![
+                OrChange::Removed("a".into()),
+                OrChange::Added(rec("b", Value::from(2), 2))
+            ]
         );
         let state = map.get("k").expect("exists");
         assert_eq!(state.tombstones.iter().collect::<Vec<_>>(), vec!["a"]);
@@ -337,8 +361,15 @@ mod tests {
         let mut map = OrMap::new();
         map.apply_tombstone("k", h, "100:0:n");
         map.apply_tombstone("k", h, "opaque-tag");
-        assert_eq!(map.prune_tombstones(&Timestamp::new(200, 0, "")), vec!["k".to_string()]);
-        assert_eq!(map.get("k").map(|s| s.tombstones.len()), Some(1), "opaque tag kept");
+        assert_eq!(
+            map.prune_tombstones(&Timestamp::new(200, 0, "")),
+            vec!["k".to_string()]
+        );
+        assert_eq!(
+            map.get("k").map(|s| s.tombstones.len()),
+            Some(1),
+            "opaque tag kept"
+        );
         let h2 = fnv1a("j");
         map.apply_tombstone("j", h2, "50:0:n");
         map.prune_tombstones(&Timestamp::new(200, 0, ""));

@@ -83,11 +83,26 @@ mod tests {
 
     #[test]
     fn lww_entry_hashes_match_the_worked_example() {
-        assert_eq!(lww_entry_hash("user-1", &ts(1_700_000_000_000, 1, "node-1")), 1214284741);
-        assert_eq!(lww_entry_hash("user-2", &ts(1_700_000_000_001, 0, "node-2")), 869552955);
-        assert_eq!(lww_entry_hash("todo:42", &ts(1_700_000_000_500, 3, "c1")), 2944331021);
-        assert_eq!(lww_entry_hash("key1", &ts(100, 0, "test")), fnv1a("key1:100:0:test"));
-        assert_eq!(lww_entry_hash("k", &ts(0, u64::MAX, "n")), fnv1a(&format!("k:0:{}:n", u64::MAX)));
+        assert_eq!(
+            lww_entry_hash("user-1", &ts(1_700_000_000_000, 1, "node-1")),
+            1214284741
+        );
+        assert_eq!(
+            lww_entry_hash("user-2", &ts(1_700_000_000_001, 0, "node-2")),
+            869552955
+        );
+        assert_eq!(
+            lww_entry_hash("todo:42", &ts(1_700_000_000_500, 3, "c1")),
+            2944331021
+        );
+        assert_eq!(
+            lww_entry_hash("key1", &ts(100, 0, "test")),
+            fnv1a("key1:100:0:test")
+        );
+        assert_eq!(
+            lww_entry_hash("k", &ts(0, u64::MAX, "n")),
+            fnv1a(&format!("k:0:{}:n", u64::MAX))
+        );
     }
 
     #[test]

@@ -180,7 +180,9 @@ fn write_json(out: &mut String, value: &Value, whitelist: &[String]) {
             out.push('{');
             let mut first = true;
             for name in whitelist {
-                let Some(v) = lookup(entries, name) else { continue };
+                let Some(v) = lookup(entries, name) else {
+                    continue;
+                };
                 if !first {
                     out.push(',');
                 }
@@ -244,7 +246,12 @@ mod tests {
     use super::*;
 
     fn map(entries: Vec<(&str, Value)>) -> Value {
-        Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect())
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (Value::from(k), v))
+                .collect(),
+        )
     }
 
     #[test]
@@ -315,7 +322,10 @@ mod tests {
     #[test]
     fn json_strings_and_special_numbers_inside_json() {
         let v = map(vec![
-            ("s", Value::from("q\"b\\\u{08}\u{0c}\n\r\t\u{01}\u{1f}\u{2028}é")),
+            (
+                "s",
+                Value::from("q\"b\\\u{08}\u{0c}\n\r\t\u{01}\u{1f}\u{2028}é"),
+            ),
             ("n", Value::F64(f64::NAN)),
             ("i", Value::F64(f64::INFINITY)),
             ("z", Value::F64(-0.0)),

@@ -16,7 +16,10 @@ pub struct NodePath {
 
 impl NodePath {
     /// The root.
-    pub const ROOT: NodePath = NodePath { digits: [0; 3], len: 0 };
+    pub const ROOT: NodePath = NodePath {
+        digits: [0; 3],
+        len: 0,
+    };
 
     /// Parses a path; anything but 0–3 lowercase hex characters is rejected.
     pub fn parse(path: &str) -> Option<NodePath> {
@@ -31,14 +34,21 @@ impl NodePath {
                 _ => return None,
             };
         }
-        Some(NodePath { digits, len: path.len() })
+        Some(NodePath {
+            digits,
+            len: path.len(),
+        })
     }
 
     /// The path of the leaf holding a key whose `fnv1a` is `key_hash`.
     pub fn leaf_of(key_hash: u32) -> NodePath {
         let leaf = leaf_index(key_hash);
         NodePath {
-            digits: [(leaf >> 8) as u8, ((leaf >> 4) & 0xf) as u8, (leaf & 0xf) as u8],
+            digits: [
+                (leaf >> 8) as u8,
+                ((leaf >> 4) & 0xf) as u8,
+                (leaf & 0xf) as u8,
+            ],
             len: 3,
         }
     }
@@ -51,7 +61,9 @@ impl NodePath {
     /// The leaf index (0..4096) when this path names a leaf.
     pub fn leaf_index(&self) -> Option<u16> {
         (self.len == 3).then(|| {
-            (u16::from(self.digits[0]) << 8) | (u16::from(self.digits[1]) << 4) | u16::from(self.digits[2])
+            (u16::from(self.digits[0]) << 8)
+                | (u16::from(self.digits[1]) << 4)
+                | u16::from(self.digits[2])
         })
     }
 }
@@ -142,7 +154,10 @@ impl MerkleTree {
     /// Removes the entry of `key`; its nodes stay, with their sums reduced.
     pub fn remove(&mut self, key_hash: u32, key: &str) {
         let leaf_idx = leaf_index(key_hash);
-        let Some(old) = self.leaves.get_mut(&leaf_idx).and_then(|leaf| leaf.entries.remove(key))
+        let Some(old) = self
+            .leaves
+            .get_mut(&leaf_idx)
+            .and_then(|leaf| leaf.entries.remove(key))
         else {
             return;
         };
@@ -236,7 +251,9 @@ impl MerkleTree {
 
     /// The entry hash of `key`, if it has one.
     pub fn entry(&self, key_hash: u32, key: &str) -> Option<u32> {
-        self.leaves.get(&leaf_index(key_hash)).and_then(|leaf| leaf.entries.get(key).copied())
+        self.leaves
+            .get(&leaf_index(key_hash))
+            .and_then(|leaf| leaf.entries.get(key).copied())
     }
 }
 
@@ -261,9 +278,21 @@ mod tests {
 
     fn example() -> MerkleTree {
         let mut tree = MerkleTree::new();
-        put(&mut tree, "user-1", Timestamp::new(1_700_000_000_000, 1, "node-1"));
-        put(&mut tree, "user-2", Timestamp::new(1_700_000_000_001, 0, "node-2"));
-        put(&mut tree, "todo:42", Timestamp::new(1_700_000_000_500, 3, "c1"));
+        put(
+            &mut tree,
+            "user-1",
+            Timestamp::new(1_700_000_000_000, 1, "node-1"),
+        );
+        put(
+            &mut tree,
+            "user-2",
+            Timestamp::new(1_700_000_000_001, 0, "node-2"),
+        );
+        put(
+            &mut tree,
+            "todo:42",
+            Timestamp::new(1_700_000_000_500, 3, "c1"),
+        );
         tree
     }
 
@@ -276,19 +305,37 @@ mod tests {
         let f: Vec<(char, u32)> = tree.buckets(&path("f")).into_iter().collect();
         assert_eq!(f, vec![('5', 1214284741), ('8', 869552955)]);
         assert_eq!(tree.node_hash(&path("f55")), 1214284741);
-        assert_eq!(tree.leaf_keys(&path("f55")).collect::<Vec<_>>(), vec!["user-1"]);
-        assert!(tree.buckets(&path("f55")).is_empty(), "leaves have no buckets");
+        assert_eq!(
+            tree.leaf_keys(&path("f55")).collect::<Vec<_>>(),
+            vec!["user-1"]
+        );
+        assert!(
+            tree.buckets(&path("f55")).is_empty(),
+            "leaves have no buckets"
+        );
         assert_eq!(NodePath::leaf_of(fnv1a("user-1")).to_string(), "f55");
     }
 
     #[test]
     fn updates_replace_and_removals_keep_zero_nodes() {
         let mut tree = example();
-        put(&mut tree, "user-1", Timestamp::new(1_700_000_000_000, 1, "node-1"));
-        assert_eq!(tree.root_hash(), 733201421, "same entry twice changes nothing");
+        put(
+            &mut tree,
+            "user-1",
+            Timestamp::new(1_700_000_000_000, 1, "node-1"),
+        );
+        assert_eq!(
+            tree.root_hash(),
+            733201421,
+            "same entry twice changes nothing"
+        );
         tree.remove(fnv1a("todo:42"), "todo:42");
         assert_eq!(tree.root_hash(), 1214284741u32.wrapping_add(869552955));
-        assert_eq!(tree.buckets(&NodePath::ROOT).get(&'3'), Some(&0), "node kept with hash 0");
+        assert_eq!(
+            tree.buckets(&NodePath::ROOT).get(&'3'),
+            Some(&0),
+            "node kept with hash 0"
+        );
         assert_eq!(tree.buckets(&path("32")).get(&'6'), Some(&0));
         assert_eq!(tree.len(), 2);
         tree.remove(fnv1a("missing"), "missing");
@@ -311,7 +358,10 @@ mod tests {
             assert!(NodePath::parse(bad).is_none(), "{bad:?}");
         }
         for good in ["", "0", "af", "f55"] {
-            assert_eq!(NodePath::parse(good).map(|p| p.to_string()), Some(good.to_string()));
+            assert_eq!(
+                NodePath::parse(good).map(|p| p.to_string()),
+                Some(good.to_string())
+            );
         }
     }
 }
