@@ -10,4 +10,5 @@ mod operations;
 mod search;
 mod tls;
 mod topics_rbac_http;
+mod topology;
 mod writes_and_events;

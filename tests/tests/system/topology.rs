@@ -1,0 +1,214 @@
+//! The distributed suite as separate processes: two gateways, two sync shards, two
+//! search replicas, storage on PostgreSQL — cross-gateway fan-out and failures.
+
+use crate::common::*;
+use crate::merkle_sync::merkle_walk;
+use serde_json::json;
+use std::time::Duration;
+use topgun_tests::postgres::{database_url, drop_table, unique_table};
+use topgun_tests::{token, Layout, Storage, Suite, WsClient};
+
+fn layout(storage: Storage) -> Layout {
+    Layout {
+        shards: 2,
+        search_replicas: 2,
+        gateways: 2,
+        storage,
+    }
+}
+
+#[tokio::test]
+async fn a_client_on_one_gateway_sees_everything_caused_on_the_other() {
+    let suite = Suite::start(layout(Storage::Null)).await;
+    let map = map_name("cross");
+    let mut watcher = WsClient::connect_authed(&suite.ws_url_of(0), &token("a")).await;
+    let mut writer = WsClient::connect_authed(&suite.ws_url_of(1), &token("b")).await;
+
+    watcher.send(&json!({"type": "QUERY_SUB", "payload": {"queryId": "q", "mapName": map, "query": {"where": {"kind": "news"}}}})).await;
+    watcher.recv_type("QUERY_RESP").await;
+    watcher.send(&json!({"type": "SEARCH_SUB", "payload": {"subscriptionId": "s", "mapName": map, "query": "breaking"}})).await;
+    watcher.recv_type("SEARCH_RESP").await;
+    for c in [&mut watcher, &mut writer] {
+        c.send(&json!({"type": "TOPIC_SUB", "payload": {"topic": "alerts"}}))
+            .await;
+        c.ping().await;
+    }
+
+    writer
+        .send(&batch(vec![put(
+            "1",
+            &map,
+            "n1",
+            json!({"kind": "news", "title": "breaking story"}),
+            1_700_000_000_000,
+            "b",
+        )]))
+        .await;
+    writer.recv_type("OP_ACK").await;
+    writer
+        .send(&json!({"type": "TOPIC_PUB", "payload": {"topic": "alerts", "data": "hello from B"}}))
+        .await;
+
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "saw only {seen:?}");
+        let m = watcher.recv().await;
+        match m["type"].as_str().unwrap_or_default() {
+            "SERVER_EVENT" => {
+                assert_eq!(m["payload"]["key"], "n1");
+                seen.insert("SERVER_EVENT");
+            }
+            "QUERY_UPDATE" => {
+                assert_eq!(m["payload"]["changeType"], "ENTER");
+                seen.insert("QUERY_UPDATE");
+            }
+            "SEARCH_UPDATE" => {
+                assert_eq!(m["payload"]["key"], "n1");
+                seen.insert("SEARCH_UPDATE");
+            }
+            "TOPIC_MESSAGE" => {
+                assert_eq!(m["payload"]["data"], "hello from B");
+                seen.insert("TOPIC_MESSAGE");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn clients_of_a_killed_gateway_resync_through_the_other() {
+    let mut suite = Suite::start(layout(Storage::Null)).await;
+    let map = map_name("failover");
+    let mut c = WsClient::connect_authed(&suite.ws_url_of(0), &token("u")).await;
+    let mut tree = ClientTree::default();
+    let ops = (0..40).map(|i| {
+        tree.put(&format!("k{i}"), 1_700_000_000_000 + i, 0, "u");
+        put(
+            &(i + 1).to_string(),
+            &map,
+            &format!("k{i}"),
+            json!(i),
+            1_700_000_000_000 + i,
+            "u",
+        )
+    });
+    c.send(&batch(ops.collect())).await;
+    c.recv_type("OP_ACK").await;
+    // Another client writes more through gateway B while the first is connected to A.
+    let mut other = WsClient::connect_authed(&suite.ws_url_of(1), &token("o")).await;
+    other
+        .send(&batch(vec![put(
+            "1",
+            &map,
+            "from-b",
+            json!("b"),
+            1_700_000_001_000,
+            "o",
+        )]))
+        .await;
+    other.recv_type("OP_ACK").await;
+
+    suite.gateways[0].kill_9().await;
+    // The client reconnects to the surviving gateway and Merkle-syncs only what it lacks.
+    let mut c = WsClient::connect_authed(&suite.ws_url_of(1), &token("u")).await;
+    let got = merkle_walk(&mut c, &map, &tree).await;
+    assert!(got.contains_key("from-b"), "{got:?}");
+    assert!(
+        got.len() <= 3,
+        "only the missing record (and leaf neighbours): {}",
+        got.len()
+    );
+}
+
+#[tokio::test]
+async fn restarting_storage_and_postgres_needs_no_other_restart() {
+    let pg = topgun_tests::postgres::PrivateCluster::start_new();
+    let mut suite = Suite::start(Layout {
+        search_replicas: 0,
+        gateways: 1,
+        shards: 2,
+        storage: Storage::Postgres {
+            url: pg.url(),
+            table: "topgun_maps".into(),
+        },
+    })
+    .await;
+    let map = map_name("restart");
+    let mut c = WsClient::connect_authed(&suite.ws_url(), &token("u")).await;
+    write_persisted(&mut c, &map, 20).await;
+
+    let storage = suite.storage.as_mut().expect("storage process");
+    storage.kill_9().await;
+    pg.stop();
+    pg.start();
+    storage.restart();
+
+    // Writes succeed again once storage is back, without touching shards or gateway.
+    let mut msg = batch(vec![put(
+        "500",
+        &map,
+        "after",
+        json!(1),
+        1_800_000_000_000,
+        "u",
+    )]);
+    msg["payload"]["writeConcern"] = json!("PERSISTED");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        c.send(&msg).await;
+        let reply = c.recv().await;
+        if reply["type"] == "OP_ACK" {
+            assert_eq!(reply["payload"]["achievedLevel"], "PERSISTED");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no recovery: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(read_all(&mut c, &map).await.len(), 21);
+}
+
+#[tokio::test]
+async fn partition_ownership_is_disjoint_and_complete_across_shards() {
+    let url = database_url();
+    let table = unique_table("ownership");
+    let suite = Suite::start(Layout {
+        search_replicas: 0,
+        gateways: 1,
+        shards: 2,
+        storage: Storage::Postgres {
+            url: url.clone(),
+            table: table.clone(),
+        },
+    })
+    .await;
+    let status: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/admin/cluster/status", suite.http_url()))
+        .bearer_auth(topgun_tests::admin_token())
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    let owners: Vec<&str> = status["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["ownerNodeId"].as_str().expect("owner"))
+        .collect();
+    assert_eq!(owners.len(), 271);
+    let on_0 = owners.iter().filter(|o| **o == "sync-0").count();
+    let on_1 = owners.iter().filter(|o| **o == "sync-1").count();
+    assert_eq!(
+        on_0 + on_1,
+        271,
+        "every partition has exactly one of the two owners"
+    );
+    assert!(on_0 > 100 && on_1 > 100, "{on_0} / {on_1}");
+    drop(suite);
+    drop_table(&url, &table).await;
+}
