@@ -37,9 +37,9 @@ if [ -z "${DATABASE_URL:-}" ]; then
 fi
 echo "using PostgreSQL at ${DATABASE_URL%%\?*}"
 
-# The OpenAPI test validates the document with an independent validator.
-if ! python3 -c "import openapi_spec_validator" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator \
+# Independent validators: the OpenAPI document and compose.yaml (Compose JSON schema).
+if ! python3 -c "import openapi_spec_validator, jsonschema, yaml" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator jsonschema pyyaml \
     || { echo "error: cannot install openapi-spec-validator (PyPI)" >&2; exit 1; }
 fi
 

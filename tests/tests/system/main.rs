@@ -3,6 +3,7 @@
 
 mod auth_and_bad_input;
 mod common;
+mod compose;
 mod durability;
 mod live_queries;
 mod merkle_sync;
