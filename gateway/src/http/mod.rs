@@ -5,6 +5,7 @@ pub mod api_types;
 pub mod dashboard;
 pub mod health;
 pub mod openapi;
+pub mod rate_limit;
 pub mod sync;
 
 use axum::http::StatusCode;

@@ -4,7 +4,7 @@
 
 use super::config::{NetworkConfig, ServerConfig};
 use crate::auth::JwtVerifier;
-use crate::http::{admin, dashboard, health, openapi, sync};
+use crate::http::{admin, dashboard, health, openapi, rate_limit, sync};
 use crate::live::feed;
 use crate::services::search::SearchReplicas;
 use crate::services::sync_cluster::SyncCluster;
@@ -184,7 +184,8 @@ impl NetworkModule {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         feed::spawn_consumers(gw.clone(), stop_rx.clone());
-        tokio::spawn(track_shards(gw.clone(), stop_rx));
+        tokio::spawn(track_shards(gw.clone(), stop_rx.clone()));
+        tokio::spawn(discover_search_replicas(gw.clone(), stop_rx));
         let app = router(gw.clone(), self.admin_dir);
 
         // Drain while still listening, so readiness answers 503 during the drain:
@@ -257,6 +258,8 @@ async fn serve_tls(
                     Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 };
+            // Same peer information as the plain listener, for per-IP rate limiting.
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let service = hyper_util::service::TowerToHyperService::new(app);
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
@@ -265,6 +268,20 @@ async fn serve_tls(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// Re-resolves search replica addresses every few seconds (scaled services).
+async fn discover_search_replicas(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let Some(replicas) = gw.search.as_ref() else {
+        return;
+    };
+    loop {
+        replicas.discover().await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -292,6 +309,26 @@ async fn track_shards(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
 /// Every route of the gateway.
 pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
     let body_limit = gw.network.max_body_size;
+    let limiter =
+        rate_limit::RateLimiter::new(gw.network.rate_limit_per_ip, gw.network.rate_limit_burst);
+    // Login and admin routes are rate-limited per peer IP; protocol, health and docs are not.
+    let limited = Router::new()
+        .route("/api/auth/login", post(admin::login))
+        .route("/api/admin/cluster/status", get(admin::cluster_status))
+        .route("/api/admin/maps", get(admin::maps))
+        .route(
+            "/api/admin/settings",
+            get(admin::get_settings).put(admin::put_settings),
+        )
+        .route(
+            "/api/admin/policies",
+            get(admin::list_policies).post(admin::create_policy),
+        )
+        .route("/api/admin/policies/{id}", delete(admin::delete_policy))
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            rate_limit::limit,
+        ));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/", get(ws::upgrade))
@@ -305,18 +342,7 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
         .route("/api/docs", get(openapi::docs_redirect))
         .route("/api/docs/", get(openapi::docs_index))
         .route("/api/docs/{*file}", get(openapi::docs_asset))
-        .route("/api/auth/login", post(admin::login))
-        .route("/api/admin/cluster/status", get(admin::cluster_status))
-        .route("/api/admin/maps", get(admin::maps))
-        .route(
-            "/api/admin/settings",
-            get(admin::get_settings).put(admin::put_settings),
-        )
-        .route(
-            "/api/admin/policies",
-            get(admin::list_policies).post(admin::create_policy),
-        )
-        .route("/api/admin/policies/{id}", delete(admin::delete_policy))
+        .merge(limited)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw);
     let dashboard = Router::new()

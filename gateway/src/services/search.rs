@@ -1,6 +1,10 @@
 //! Search replicas: one-shot searches are spread round-robin over healthy replicas
 //! (failing over on error); live searches are held on one replica and moved when it dies.
+//! A configured address whose host name resolves to several IPs (a scaled compose or
+//! Kubernetes service) counts as one replica per IP, and the set is re-resolved
+//! periodically so scaling up or down is noticed.
 
+use parking_lot::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,53 +33,105 @@ impl Replica {
     }
 }
 
-/// Every configured replica.
+/// Every known replica.
 #[derive(Debug)]
 pub struct SearchReplicas {
-    replicas: Vec<Arc<Replica>>,
+    configured: Vec<String>,
+    token: TokenAttach,
+    replicas: RwLock<Vec<Arc<Replica>>>,
     next: AtomicUsize,
     timeout: Duration,
 }
 
+fn connect(addr: &str, token: &TokenAttach) -> Result<Arc<Replica>, String> {
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("invalid search address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    Ok(Arc::new(Replica {
+        addr: addr.to_string(),
+        client: SearchServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone()),
+        healthy: AtomicBool::new(true),
+    }))
+}
+
 impl SearchReplicas {
-    /// Lazily connected clients for `addrs`.
+    /// Lazily connected clients for `addrs` (one per address until [`Self::discover`] runs).
     pub fn new(addrs: &[String], token: TokenAttach, timeout: Duration) -> Result<Self, String> {
         let replicas = addrs
             .iter()
-            .map(|addr| {
-                let endpoint = Endpoint::from_shared(addr.clone())
-                    .map_err(|e| format!("invalid search address {addr:?}: {e}"))?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true);
-                Ok(Arc::new(Replica {
-                    addr: addr.clone(),
-                    client: SearchServiceClient::with_interceptor(
-                        endpoint.connect_lazy(),
-                        token.clone(),
-                    ),
-                    healthy: AtomicBool::new(true),
-                }))
-            })
+            .map(|addr| connect(addr, &token))
             .collect::<Result<Vec<_>, String>>()?;
         Ok(SearchReplicas {
-            replicas,
+            configured: addrs.to_vec(),
+            token,
+            replicas: RwLock::new(replicas),
             next: AtomicUsize::new(0),
             timeout,
         })
     }
 
     /// Every replica.
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
+    pub fn replicas(&self) -> Vec<Arc<Replica>> {
+        self.replicas.read().clone()
+    }
+
+    /// Re-resolves the configured addresses: one replica per resolved IP, keeping the
+    /// clients (and health) of addresses that did not change. An address that does not
+    /// resolve right now is kept as configured.
+    pub async fn discover(&self) {
+        let mut wanted: Vec<String> = Vec::new();
+        for configured in &self.configured {
+            let resolved = match configured.parse::<http::Uri>() {
+                Ok(uri) => match (uri.scheme_str(), uri.host(), uri.port_u16()) {
+                    (Some(scheme), Some(host), Some(port))
+                        if host.parse::<std::net::IpAddr>().is_err() =>
+                    {
+                        tokio::net::lookup_host((host, port))
+                            .await
+                            .map(|addrs| {
+                                addrs.map(|a| format!("{scheme}://{a}")).collect::<Vec<_>>()
+                            })
+                            .unwrap_or_default()
+                    }
+                    _ => vec![],
+                },
+                Err(_) => vec![],
+            };
+            if resolved.is_empty() {
+                wanted.push(configured.clone());
+            } else {
+                wanted.extend(resolved);
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        let current = self.replicas();
+        if current
+            .iter()
+            .map(|r| r.addr.as_str())
+            .eq(wanted.iter().map(String::as_str))
+        {
+            return;
+        }
+        let next: Vec<Arc<Replica>> = wanted
+            .iter()
+            .filter_map(|addr| match current.iter().find(|r| &r.addr == addr) {
+                Some(existing) => Some(existing.clone()),
+                None => connect(addr, &self.token).ok(),
+            })
+            .collect();
+        tracing::info!(replicas = ?wanted, "search replica set changed");
+        *self.replicas.write() = next;
     }
 
     /// Replicas in the order to try: healthy ones first, starting at a rotating offset.
     fn rotation(&self) -> Vec<Arc<Replica>> {
-        let n = self.replicas.len();
+        let replicas = self.replicas();
+        let n = replicas.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut order: Vec<Arc<Replica>> = (0..n)
-            .map(|i| self.replicas[(start + i) % n].clone())
-            .collect();
+        let mut order: Vec<Arc<Replica>> =
+            (0..n).map(|i| replicas[(start + i) % n].clone()).collect();
         order.sort_by_key(|r| !r.is_healthy());
         order
     }
@@ -129,5 +185,34 @@ impl SearchReplicas {
     /// Marks a replica unhealthy after its stream broke.
     pub fn mark_failed(&self, replica: &Replica) {
         replica.healthy.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn host_names_become_one_replica_per_resolved_address() {
+        let replicas = SearchReplicas::new(
+            &[
+                "http://localhost:50052".to_string(),
+                "http://10.1.2.3:50052".to_string(),
+            ],
+            TokenAttach::default(),
+            Duration::from_secs(1),
+        )
+        .expect("valid addresses");
+        replicas.discover().await;
+        let addrs: Vec<String> = replicas.replicas().iter().map(|r| r.addr.clone()).collect();
+        assert!(
+            addrs.contains(&"http://127.0.0.1:50052".to_string()),
+            "{addrs:?}"
+        );
+        assert!(
+            addrs.contains(&"http://10.1.2.3:50052".to_string()),
+            "{addrs:?}"
+        );
+        assert!(!addrs.iter().any(|a| a.contains("localhost")), "{addrs:?}");
     }
 }

@@ -34,9 +34,22 @@ print("valid")
 #[test]
 fn compose_file_wires_every_service_without_publishing_internal_ports() {
     let text = std::fs::read_to_string(repo_file("compose.yaml")).expect("compose.yaml");
-    assert!(!text.lines().any(|l| l.starts_with("version:")), "no version key");
-    for service in ["postgres:", "storage-service:", "sync-0:", "sync-1:", "search-service:", "gateway:"] {
-        assert!(text.lines().any(|l| l.trim_end() == format!("  {service}")), "service {service}");
+    assert!(
+        !text.lines().any(|l| l.starts_with("version:")),
+        "no version key"
+    );
+    for service in [
+        "postgres:",
+        "storage-service:",
+        "sync-0:",
+        "sync-1:",
+        "search-service:",
+        "gateway:",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_end() == format!("  {service}")),
+            "service {service}"
+        );
     }
     assert!(text.contains("condition: service_healthy"));
     assert!(text.contains("replicas: 2"));

@@ -453,3 +453,41 @@ async fn the_openapi_document_validates_and_lists_every_admin_endpoint() {
     assert_eq!(js.status(), 200);
     assert!(js.bytes().await.expect("bytes").len() > 100_000);
 }
+
+#[tokio::test]
+async fn login_is_rate_limited_per_peer() {
+    let server = server().await;
+    let url = format!("{}/api/auth/login", server.http_url());
+    let mut limited = None;
+    // Burst 50, refill 100/s: a tight loop of 200 attempts must hit the limit.
+    for _ in 0..200 {
+        let resp = http()
+            .post(&url)
+            .json(&json!({"username": "admin", "password": "guess"}))
+            .send()
+            .await
+            .expect("login");
+        if resp.status() == 429 {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status(), 401);
+    }
+    let resp = limited.expect("429 after the burst");
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp
+        .text()
+        .await
+        .expect("body")
+        .starts_with("Too Many Requests! Wait for"));
+    // Public routes are not limited.
+    assert_eq!(
+        http()
+            .get(format!("{}/api/status", server.http_url()))
+            .send()
+            .await
+            .expect("status")
+            .status(),
+        200
+    );
+}
