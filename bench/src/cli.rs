@@ -23,10 +23,20 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Server WebSocket URL.
-    #[arg(long, global = true, env = "TOPGUN_BENCH_URL", default_value = "ws://127.0.0.1:8080/ws")]
+    #[arg(
+        long,
+        global = true,
+        env = "TOPGUN_BENCH_URL",
+        default_value = "ws://127.0.0.1:8080/ws"
+    )]
     pub url: String,
     /// JWT to authenticate with (default: one minted with --jwt-secret).
-    #[arg(long, global = true, env = "TOPGUN_BENCH_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "TOPGUN_BENCH_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
     /// HS256 secret for minting test tokens (claims: sub, roles ["USER"], iat, exp).
     #[arg(long, global = true, default_value = "test-e2e-secret")]
@@ -52,6 +62,9 @@ pub struct CommonArgs {
     /// Append the report as a Markdown section to this file.
     #[arg(long, global = true)]
     pub markdown: Option<PathBuf>,
+    /// Name of this run in the report heading (default: the scenario name).
+    #[arg(long, global = true)]
+    pub label: Option<String>,
     /// Exit 0 even when requests failed (they are still reported).
     #[arg(long, global = true)]
     pub allow_errors: bool,
@@ -210,7 +223,9 @@ mod tests {
     #[test]
     fn defaults_follow_the_issue() {
         let cli = Cli::try_parse_from(["topgun-bench", "write-ack"]).expect("parses");
-        let ScenarioArgs::WriteAck(a) = cli.scenario else { panic!("not write-ack") };
+        let ScenarioArgs::WriteAck(a) = cli.scenario else {
+            panic!("not write-ack")
+        };
         assert_eq!((a.connections, a.batch_size, a.interval_ms), (200, 10, 50));
         assert_eq!(a.write_concern, None);
         assert_eq!(cli.common.jwt_secret, "test-e2e-secret");
@@ -231,7 +246,9 @@ mod tests {
             "ws://127.0.0.1:9/ws",
         ])
         .expect("parses");
-        let ScenarioArgs::WriteAck(a) = &cli.scenario else { panic!("not write-ack") };
+        let ScenarioArgs::WriteAck(a) = &cli.scenario else {
+            panic!("not write-ack")
+        };
         assert_eq!(a.write_concern, Some(WriteConcern::Persisted));
         assert_eq!(cli.common.pids, vec![12, 34]);
         assert_eq!(cli.common.duration, 5);
@@ -241,10 +258,18 @@ mod tests {
 
     #[test]
     fn scenario_names() {
-        for (arg, name) in [("write-flood", "write-flood"), ("fan-out", "fan-out"), ("initial-sync", "initial-sync"), ("search", "search")] {
+        for (arg, name) in [
+            ("write-flood", "write-flood"),
+            ("fan-out", "fan-out"),
+            ("initial-sync", "initial-sync"),
+            ("search", "search"),
+        ] {
             let cli = Cli::try_parse_from(["topgun-bench", arg]).expect("parses");
             assert_eq!(cli.scenario.name(), name);
         }
-        assert!(Cli::try_parse_from(["topgun-bench", "write-ack", "--write-concern", "SOMETIMES"]).is_err());
+        assert!(
+            Cli::try_parse_from(["topgun-bench", "write-ack", "--write-concern", "SOMETIMES"])
+                .is_err()
+        );
     }
 }

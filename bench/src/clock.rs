@@ -18,7 +18,10 @@ pub struct Timestamp {
 pub fn wall_millis() -> u64 {
     // A clock before 1970 is a broken machine; 0 keeps the run going and the
     // timestamps still increase through the counter.
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A per-connection hybrid logical clock, so every record a connection writes carries a
@@ -33,7 +36,11 @@ pub struct Hlc {
 impl Hlc {
     /// A clock named `node_id` (must not contain `:`, which separates the hashed fields).
     pub fn new(node_id: impl Into<String>) -> Self {
-        Hlc { node_id: node_id.into(), last_millis: 0, last_counter: 0 }
+        Hlc {
+            node_id: node_id.into(),
+            last_millis: 0,
+            last_counter: 0,
+        }
     }
 
     /// The node id of this clock.
@@ -53,7 +60,11 @@ impl Hlc {
         } else {
             self.last_counter += 1;
         }
-        Timestamp { millis: self.last_millis, counter: self.last_counter, node_id: self.node_id.clone() }
+        Timestamp {
+            millis: self.last_millis,
+            counter: self.last_counter,
+            node_id: self.node_id.clone(),
+        }
     }
 }
 
@@ -77,9 +88,21 @@ mod tests {
 
     #[test]
     fn ordering_falls_back_to_node_id_bytes() {
-        let a = Timestamp { millis: 5, counter: 1, node_id: "a".into() };
-        let b = Timestamp { millis: 5, counter: 1, node_id: "b".into() };
-        let c = Timestamp { millis: 5, counter: 2, node_id: "a".into() };
+        let a = Timestamp {
+            millis: 5,
+            counter: 1,
+            node_id: "a".into(),
+        };
+        let b = Timestamp {
+            millis: 5,
+            counter: 1,
+            node_id: "b".into(),
+        };
+        let c = Timestamp {
+            millis: 5,
+            counter: 2,
+            node_id: "a".into(),
+        };
         assert!(a < b);
         assert!(b < c);
     }

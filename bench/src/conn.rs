@@ -94,7 +94,9 @@ pub struct ConnWriter {
 
 impl std::fmt::Debug for ConnWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnWriter").field("traffic", &self.counters.snapshot()).finish()
+        f.debug_struct("ConnWriter")
+            .field("traffic", &self.counters.snapshot())
+            .finish()
     }
 }
 
@@ -111,12 +113,17 @@ impl ConnWriter {
 
     /// Sends one message unless the socket stays blocked until `deadline`. Returns false when
     /// the message was not accepted; once accepted it goes out at the latest with the close.
-    pub async fn send_before(&mut self, msg: &Value, deadline: tokio::time::Instant) -> Result<bool, BenchError> {
+    pub async fn send_before(
+        &mut self,
+        msg: &Value,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, BenchError> {
         let bytes = to_bytes(msg)?;
         let len = bytes.len() as u64;
         // `feed` only completes once the frame is queued, so cancelling it at the deadline
         // drops the frame whole; a cancelled flush leaves it queued, never half-written.
-        match tokio::time::timeout_at(deadline, self.sink.feed(Message::Binary(bytes.into()))).await {
+        match tokio::time::timeout_at(deadline, self.sink.feed(Message::Binary(bytes.into()))).await
+        {
             Err(_) => return Ok(false),
             Ok(r) => r?,
         }
@@ -149,7 +156,9 @@ pub struct ConnReader {
 
 impl std::fmt::Debug for ConnReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnReader").field("queued", &self.queue.len()).finish()
+        f.debug_struct("ConnReader")
+            .field("queued", &self.queue.len())
+            .finish()
     }
 }
 
@@ -175,7 +184,10 @@ impl ConnReader {
                     decode_text(t.as_str())?
                 }
                 Message::Close(frame) => {
-                    let why = frame.map_or_else(|| "no close frame".to_string(), |f| format!("code {} {:?}", u16::from(f.code), f.reason.as_str()));
+                    let why = frame.map_or_else(
+                        || "no close frame".to_string(),
+                        |f| format!("code {} {:?}", u16::from(f.code), f.reason.as_str()),
+                    );
                     return Err(BenchError::Disconnected(why));
                 }
                 // Control frames are answered by the WebSocket library.
@@ -194,8 +206,12 @@ impl ConnReader {
     }
 
     fn count(&self, len: usize) {
-        self.counters.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
-        self.counters.frames_received.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_received
+            .fetch_add(len as u64, Ordering::Relaxed);
+        self.counters
+            .frames_received
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Traffic of the whole connection so far.
@@ -222,13 +238,28 @@ impl Conn {
         let dial = tokio_tungstenite::connect_async_with_config(opts.url.as_str(), None, true);
         let (ws, _) = tokio::time::timeout(opts.handshake_timeout, dial)
             .await
-            .map_err(|_| BenchError::Timeout(opts.handshake_timeout, format!("the WebSocket handshake with {}", opts.url)))?
-            .map_err(|source| BenchError::Connect { url: opts.url.clone(), source })?;
+            .map_err(|_| {
+                BenchError::Timeout(
+                    opts.handshake_timeout,
+                    format!("the WebSocket handshake with {}", opts.url),
+                )
+            })?
+            .map_err(|source| BenchError::Connect {
+                url: opts.url.clone(),
+                source,
+            })?;
         let (sink, stream) = ws.split();
         let counters = Arc::new(Counters::default());
         let mut conn = Conn {
-            writer: ConnWriter { sink, counters: counters.clone() },
-            reader: ConnReader { stream, queue: VecDeque::new(), counters },
+            writer: ConnWriter {
+                sink,
+                counters: counters.clone(),
+            },
+            reader: ConnReader {
+                stream,
+                queue: VecDeque::new(),
+                counters,
+            },
         };
         match &opts.auth {
             Auth::Token(token) => conn.authenticate(token, opts.handshake_timeout).await?,
@@ -248,12 +279,16 @@ impl Conn {
                 Some(ServerMsg::AuthFail { error }) => return Err(BenchError::AuthFailed(error)),
                 Some(ServerMsg::AuthRequired) => continue,
                 Some(other) => {
-                    return Err(BenchError::Protocol(format!("{} arrived before AUTH_ACK (core.md §1.11)", other.kind())));
+                    return Err(BenchError::Protocol(format!(
+                        "{} arrived before AUTH_ACK (core.md §1.11)",
+                        other.kind()
+                    )));
                 }
                 None => {
                     return Err(BenchError::Timeout(
                         limit,
-                        "AUTH_ACK (a server without authentication may ignore AUTH: try --no-auth)".into(),
+                        "AUTH_ACK (a server without authentication may ignore AUTH: try --no-auth)"
+                            .into(),
                     ))
                 }
             }
@@ -303,17 +338,42 @@ mod tests {
 
     #[test]
     fn traffic_difference() {
-        let a = Traffic { bytes_sent: 10, bytes_received: 100, frames_sent: 1, frames_received: 2 };
-        let b = Traffic { bytes_sent: 25, bytes_received: 400, frames_sent: 3, frames_received: 9 };
+        let a = Traffic {
+            bytes_sent: 10,
+            bytes_received: 100,
+            frames_sent: 1,
+            frames_received: 2,
+        };
+        let b = Traffic {
+            bytes_sent: 25,
+            bytes_received: 400,
+            frames_sent: 3,
+            frames_received: 9,
+        };
         let d = b.since(&a);
-        assert_eq!(d, Traffic { bytes_sent: 15, bytes_received: 300, frames_sent: 2, frames_received: 7 });
+        assert_eq!(
+            d,
+            Traffic {
+                bytes_sent: 15,
+                bytes_received: 300,
+                frames_sent: 2,
+                frames_received: 7
+            }
+        );
         assert_eq!(d.total_bytes(), 315);
     }
 
     #[tokio::test]
     async fn an_unreachable_server_is_a_connect_error() {
         // Port 1 on loopback is closed on any sane machine.
-        let opts = ConnectOptions { url: "ws://127.0.0.1:1/ws".into(), auth: Auth::None, handshake_timeout: Duration::from_secs(5) };
-        assert!(matches!(Conn::connect(&opts).await, Err(BenchError::Connect { .. })));
+        let opts = ConnectOptions {
+            url: "ws://127.0.0.1:1/ws".into(),
+            auth: Auth::None,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        assert!(matches!(
+            Conn::connect(&opts).await,
+            Err(BenchError::Connect { .. })
+        ));
     }
 }

@@ -181,14 +181,20 @@ fn malformed(kind: &str, what: &str) -> BenchError {
 
 /// Looks up a string key in a MsgPack map.
 pub fn field<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    value.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    value
+        .as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
 }
 
 /// An `int` field: any integer family or a whole-valued float (core.md §0, §1.3).
 pub fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Integer(i) => i.as_u64(),
-        Value::F64(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0 => Some(*f as u64),
+        Value::F64(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 18_446_744_073_709_551_616.0 => {
+            Some(*f as u64)
+        }
         Value::F32(f) if f.fract() == 0.0 && *f >= 0.0 => Some(*f as u64),
         _ => None,
     }
@@ -211,11 +217,15 @@ fn str_field(value: &Value, key: &str, kind: &str) -> Result<String, BenchError>
 }
 
 fn opt_str(value: &Value, key: &str) -> Option<String> {
-    field(value, key).and_then(Value::as_str).map(str::to_string)
+    field(value, key)
+        .and_then(Value::as_str)
+        .map(str::to_string)
 }
 
 fn payload<'a>(value: &'a Value, kind: &str) -> Result<&'a Value, BenchError> {
-    field(value, "payload").filter(|p| p.is_map()).ok_or_else(|| malformed(kind, "missing `payload` map"))
+    field(value, "payload")
+        .filter(|p| p.is_map())
+        .ok_or_else(|| malformed(kind, "missing `payload` map"))
 }
 
 fn hash_u32(value: &Value, kind: &str, what: &str) -> Result<u32, BenchError> {
@@ -226,10 +236,18 @@ fn hash_u32(value: &Value, kind: &str, what: &str) -> Result<u32, BenchError> {
 
 /// Decodes a wire timestamp map.
 pub fn timestamp(value: &Value, kind: &str) -> Result<Timestamp, BenchError> {
-    let millis = field(value, "millis").and_then(as_u64).ok_or_else(|| malformed(kind, "timestamp without millis"))?;
-    let counter = field(value, "counter").and_then(as_u64).ok_or_else(|| malformed(kind, "timestamp without counter"))?;
+    let millis = field(value, "millis")
+        .and_then(as_u64)
+        .ok_or_else(|| malformed(kind, "timestamp without millis"))?;
+    let counter = field(value, "counter")
+        .and_then(as_u64)
+        .ok_or_else(|| malformed(kind, "timestamp without counter"))?;
     let node_id = str_field(value, "nodeId", kind)?;
-    Ok(Timestamp { millis, counter, node_id })
+    Ok(Timestamp {
+        millis,
+        counter,
+        node_id,
+    })
 }
 
 fn op_results(p: &Value) -> Result<Vec<OpResult>, BenchError> {
@@ -260,7 +278,9 @@ fn typed(value: Value, encoded_len: usize) -> Result<ServerMsg, BenchError> {
     Ok(match k {
         "AUTH_REQUIRED" => ServerMsg::AuthRequired,
         "AUTH_ACK" => ServerMsg::AuthAck,
-        "AUTH_FAIL" => ServerMsg::AuthFail { error: opt_str(&value, "error").unwrap_or_else(|| "(no reason given)".into()) },
+        "AUTH_FAIL" => ServerMsg::AuthFail {
+            error: opt_str(&value, "error").unwrap_or_else(|| "(no reason given)".into()),
+        },
         "OP_ACK" => {
             let p = payload(&value, k)?;
             ServerMsg::OpAck {
@@ -279,10 +299,14 @@ fn typed(value: Value, encoded_len: usize) -> Result<ServerMsg, BenchError> {
         }
         "ERROR" => {
             // Tolerate a flat ERROR too: whatever shape it has, it must count as a failure.
-            let p = field(&value, "payload").filter(|p| p.is_map()).unwrap_or(&value);
+            let p = field(&value, "payload")
+                .filter(|p| p.is_map())
+                .unwrap_or(&value);
             ServerMsg::Error {
                 code: field(p, "code").and_then(as_i64),
-                message: opt_str(p, "message").or_else(|| opt_str(p, "error")).unwrap_or_else(|| value.to_string()),
+                message: opt_str(p, "message")
+                    .or_else(|| opt_str(p, "error"))
+                    .unwrap_or_else(|| value.to_string()),
             }
         }
         "MERGE_REJECTED" => ServerMsg::MergeRejected {
@@ -292,8 +316,13 @@ fn typed(value: Value, encoded_len: usize) -> Result<ServerMsg, BenchError> {
         },
         "QUERY_RESP" => {
             let p = payload(&value, k)?;
-            let results = field(p, "results").and_then(Value::as_array).ok_or_else(|| malformed(k, "missing `results` array"))?;
-            ServerMsg::QueryResp { query_id: str_field(p, "queryId", k)?, results: results.len() }
+            let results = field(p, "results")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed(k, "missing `results` array"))?;
+            ServerMsg::QueryResp {
+                query_id: str_field(p, "queryId", k)?,
+                results: results.len(),
+            }
         }
         "QUERY_UPDATE" => {
             let p = payload(&value, k)?;
@@ -306,8 +335,14 @@ fn typed(value: Value, encoded_len: usize) -> Result<ServerMsg, BenchError> {
         }
         "SEARCH_RESP" => {
             let p = payload(&value, k)?;
-            let results = field(p, "results").and_then(Value::as_array).map_or(0, Vec::len);
-            ServerMsg::SearchResp { request_id: str_field(p, "requestId", k)?, results, error: opt_str(p, "error") }
+            let results = field(p, "results")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
+            ServerMsg::SearchResp {
+                request_id: str_field(p, "requestId", k)?,
+                results,
+                error: opt_str(p, "error"),
+            }
         }
         "SYNC_RESP_ROOT" => {
             let p = payload(&value, k)?;
@@ -315,41 +350,69 @@ fn typed(value: Value, encoded_len: usize) -> Result<ServerMsg, BenchError> {
             ServerMsg::SyncRespRoot {
                 map_name: str_field(p, "mapName", k)?,
                 root_hash: hash_u32(root, k, "rootHash")?,
-                server_millis: field(p, "timestamp").and_then(|t| field(t, "millis")).and_then(as_u64),
+                server_millis: field(p, "timestamp")
+                    .and_then(|t| field(t, "millis"))
+                    .and_then(as_u64),
             }
         }
         "SYNC_RESP_BUCKETS" => {
             let p = payload(&value, k)?;
-            let buckets = field(p, "buckets").and_then(Value::as_map).ok_or_else(|| malformed(k, "missing `buckets` map"))?;
+            let buckets = field(p, "buckets")
+                .and_then(Value::as_map)
+                .ok_or_else(|| malformed(k, "missing `buckets` map"))?;
             let buckets = buckets
                 .iter()
                 .map(|(c, h)| {
-                    let c = c.as_str().ok_or_else(|| malformed(k, "bucket key is not a string"))?;
+                    let c = c
+                        .as_str()
+                        .ok_or_else(|| malformed(k, "bucket key is not a string"))?;
                     Ok((c.to_string(), hash_u32(h, k, "bucket hash")?))
                 })
                 .collect::<Result<Vec<_>, BenchError>>()?;
-            ServerMsg::SyncRespBuckets { map_name: str_field(p, "mapName", k)?, path: str_field(p, "path", k)?, buckets }
+            ServerMsg::SyncRespBuckets {
+                map_name: str_field(p, "mapName", k)?,
+                path: str_field(p, "path", k)?,
+                buckets,
+            }
         }
         "SYNC_RESP_LEAF" => {
             let p = payload(&value, k)?;
-            let list = field(p, "records").and_then(Value::as_array).ok_or_else(|| malformed(k, "missing `records` array"))?;
+            let list = field(p, "records")
+                .and_then(Value::as_array)
+                .ok_or_else(|| malformed(k, "missing `records` array"))?;
             let records = list
                 .iter()
                 .map(|r| {
-                    let record = field(r, "record").ok_or_else(|| malformed(k, "entry without `record`"))?;
-                    let ts = field(record, "timestamp").ok_or_else(|| malformed(k, "record without `timestamp`"))?;
-                    Ok(LeafRecord { key: str_field(r, "key", k)?, timestamp: timestamp(ts, k)? })
+                    let record =
+                        field(r, "record").ok_or_else(|| malformed(k, "entry without `record`"))?;
+                    let ts = field(record, "timestamp")
+                        .ok_or_else(|| malformed(k, "record without `timestamp`"))?;
+                    Ok(LeafRecord {
+                        key: str_field(r, "key", k)?,
+                        timestamp: timestamp(ts, k)?,
+                    })
                 })
                 .collect::<Result<Vec<_>, BenchError>>()?;
-            ServerMsg::SyncRespLeaf { map_name: str_field(p, "mapName", k)?, path: str_field(p, "path", k)?, records, bytes: encoded_len }
+            ServerMsg::SyncRespLeaf {
+                map_name: str_field(p, "mapName", k)?,
+                path: str_field(p, "path", k)?,
+                records,
+                bytes: encoded_len,
+            }
         }
         "SYNC_RESET_REQUIRED" => {
             let p = payload(&value, k)?;
-            ServerMsg::SyncResetRequired { map_name: str_field(p, "mapName", k)?, reason: opt_str(p, "reason").unwrap_or_default() }
+            ServerMsg::SyncResetRequired {
+                map_name: str_field(p, "mapName", k)?,
+                reason: opt_str(p, "reason").unwrap_or_default(),
+            }
         }
         "SERVER_EVENT" => ServerMsg::ServerEvents { count: 1 },
         "SERVER_BATCH_EVENT" => ServerMsg::ServerEvents {
-            count: field(&value, "payload").and_then(|p| field(p, "events")).and_then(Value::as_array).map_or(0, Vec::len),
+            count: field(&value, "payload")
+                .and_then(|p| field(p, "events"))
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len),
         },
         "PONG" => ServerMsg::Pong,
         _ => ServerMsg::Other { kind },
@@ -365,7 +428,8 @@ fn read_u32_le(data: &[u8], at: usize) -> Option<u32> {
 /// recursively (core.md §1.6: u32-LE count, then u32-LE length + message, N times).
 fn decode_into(bytes: &[u8], out: &mut Vec<ServerMsg>) -> Result<(), BenchError> {
     let mut slice = bytes;
-    let value = rmpv::decode::read_value(&mut slice).map_err(|e| BenchError::Protocol(format!("undecodable frame: {e}")))?;
+    let value = rmpv::decode::read_value(&mut slice)
+        .map_err(|e| BenchError::Protocol(format!("undecodable frame: {e}")))?;
     if field(&value, "type").and_then(Value::as_str) != Some("BATCH") {
         out.push(typed(value, bytes.len())?);
         return Ok(());
@@ -374,12 +438,17 @@ fn decode_into(bytes: &[u8], out: &mut Vec<ServerMsg>) -> Result<(), BenchError>
         Some(Value::Binary(b)) => b.as_slice(),
         _ => return Err(malformed("BATCH", "missing binary `data`")),
     };
-    let count = read_u32_le(data, 0).ok_or_else(|| malformed("BATCH", "data shorter than its count"))?;
+    let count =
+        read_u32_le(data, 0).ok_or_else(|| malformed("BATCH", "data shorter than its count"))?;
     let mut at = 4;
     for i in 0..count {
-        let len = read_u32_le(data, at).ok_or_else(|| malformed("BATCH", &format!("truncated before message {i}")))? as usize;
+        let len = read_u32_le(data, at)
+            .ok_or_else(|| malformed("BATCH", &format!("truncated before message {i}")))?
+            as usize;
         at += 4;
-        let inner = data.get(at..at + len).ok_or_else(|| malformed("BATCH", &format!("message {i} overruns data")))?;
+        let inner = data
+            .get(at..at + len)
+            .ok_or_else(|| malformed("BATCH", &format!("message {i} overruns data")))?;
         decode_into(inner, out)?;
         at += len;
     }
@@ -395,8 +464,10 @@ pub fn decode_binary(bytes: &[u8]) -> Result<Vec<ServerMsg>, BenchError> {
 
 /// The protocol message carried by one text frame, which clients parse as JSON (core.md §1.2).
 pub fn decode_text(text: &str) -> Result<Vec<ServerMsg>, BenchError> {
-    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| BenchError::Protocol(format!("text frame is not JSON: {e}")))?;
-    let value = rmpv::ext::to_value(json).map_err(|e| BenchError::Protocol(format!("text frame: {e}")))?;
+    let json: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| BenchError::Protocol(format!("text frame is not JSON: {e}")))?;
+    let value =
+        rmpv::ext::to_value(json).map_err(|e| BenchError::Protocol(format!("text frame: {e}")))?;
     Ok(vec![typed(value, text.len())?])
 }
 
@@ -426,7 +497,10 @@ mod tests {
                         ("opId", Value::from("9")),
                         ("success", Value::Boolean(false)),
                         ("achievedLevel", Value::from("APPLIED")),
-                        ("error", Value::from("Timeout: achieved APPLIED, requested PERSISTED")),
+                        (
+                            "error",
+                            Value::from("Timeout: achieved APPLIED, requested PERSISTED"),
+                        ),
                     ])]),
                 ),
             ]),
@@ -451,16 +525,33 @@ mod tests {
     fn decodes_rejections_and_errors() {
         let rej = with_payload(
             "OP_REJECTED",
-            map(vec![("opId", Value::from("op-bad")), ("reason", Value::from("schema validation failed")), ("code", Value::from(400))]),
+            map(vec![
+                ("opId", Value::from("op-bad")),
+                ("reason", Value::from("schema validation failed")),
+                ("code", Value::from(400)),
+            ]),
         );
-        let err = with_payload("ERROR", map(vec![("code", Value::from(403)), ("message", Value::from("Access Denied for map secrets"))]));
+        let err = with_payload(
+            "ERROR",
+            map(vec![
+                ("code", Value::from(403)),
+                ("message", Value::from("Access Denied for map secrets")),
+            ]),
+        );
         assert_eq!(
             decode_binary(&bytes(&rej)).expect("decodes"),
-            vec![ServerMsg::OpRejected { op_id: "op-bad".into(), reason: "schema validation failed".into(), code: Some(400) }]
+            vec![ServerMsg::OpRejected {
+                op_id: "op-bad".into(),
+                reason: "schema validation failed".into(),
+                code: Some(400)
+            }]
         );
         assert_eq!(
             decode_binary(&bytes(&err)).expect("decodes"),
-            vec![ServerMsg::Error { code: Some(403), message: "Access Denied for map secrets".into() }]
+            vec![ServerMsg::Error {
+                code: Some(403),
+                message: "Access Denied for map secrets".into()
+            }]
         );
     }
 
@@ -468,7 +559,11 @@ mod tests {
     fn unpacks_the_spec_batch_example() {
         // core.md §1.6: AUTH_ACK (15 bytes) and PONG (34 bytes) in one BATCH.
         let ack = bytes(&map(vec![("type", Value::from("AUTH_ACK"))]));
-        let pong = bytes(&map(vec![("type", Value::from("PONG")), ("timestamp", Value::from(5)), ("serverTime", Value::from(6))]));
+        let pong = bytes(&map(vec![
+            ("type", Value::from("PONG")),
+            ("timestamp", Value::from(5)),
+            ("serverTime", Value::from(6)),
+        ]));
         assert_eq!((ack.len(), pong.len()), (15, 34));
         let mut data = 2u32.to_le_bytes().to_vec();
         for m in [&ack, &pong] {
@@ -476,8 +571,15 @@ mod tests {
             data.extend(m.iter());
         }
         assert_eq!(data.len(), 61);
-        let envelope = map(vec![("type", Value::from("BATCH")), ("count", Value::from(2)), ("data", Value::Binary(data))]);
-        assert_eq!(decode_binary(&bytes(&envelope)).expect("decodes"), vec![ServerMsg::AuthAck, ServerMsg::Pong]);
+        let envelope = map(vec![
+            ("type", Value::from("BATCH")),
+            ("count", Value::from(2)),
+            ("data", Value::Binary(data)),
+        ]);
+        assert_eq!(
+            decode_binary(&bytes(&envelope)).expect("decodes"),
+            vec![ServerMsg::AuthAck, ServerMsg::Pong]
+        );
     }
 
     #[test]
@@ -485,8 +587,15 @@ mod tests {
         let mut data = 2u32.to_le_bytes().to_vec();
         data.extend(100u32.to_le_bytes());
         data.extend([0x80]);
-        let envelope = map(vec![("type", Value::from("BATCH")), ("count", Value::from(2)), ("data", Value::Binary(data))]);
-        assert!(matches!(decode_binary(&bytes(&envelope)), Err(BenchError::Protocol(_))));
+        let envelope = map(vec![
+            ("type", Value::from("BATCH")),
+            ("count", Value::from(2)),
+            ("data", Value::Binary(data)),
+        ]);
+        assert!(matches!(
+            decode_binary(&bytes(&envelope)),
+            Err(BenchError::Protocol(_))
+        ));
     }
 
     #[test]
@@ -498,24 +607,43 @@ mod tests {
                 ("rootHash", Value::F64(733_201_421.0)),
                 (
                     "timestamp",
-                    map(vec![("millis", Value::F64(1_700_000_000_100.0)), ("counter", Value::from(0)), ("nodeId", Value::from("s"))]),
+                    map(vec![
+                        ("millis", Value::F64(1_700_000_000_100.0)),
+                        ("counter", Value::from(0)),
+                        ("nodeId", Value::from("s")),
+                    ]),
                 ),
             ]),
         );
         assert_eq!(
             decode_binary(&bytes(&root)).expect("decodes"),
-            vec![ServerMsg::SyncRespRoot { map_name: "todos".into(), root_hash: 733_201_421, server_millis: Some(1_700_000_000_100) }]
+            vec![ServerMsg::SyncRespRoot {
+                map_name: "todos".into(),
+                root_hash: 733_201_421,
+                server_millis: Some(1_700_000_000_100)
+            }]
         );
         let bad = with_payload(
             "SYNC_RESP_BUCKETS",
-            map(vec![("mapName", Value::from("m")), ("path", Value::from("")), ("buckets", map(vec![("f", Value::from(1u64 << 33))]))]),
+            map(vec![
+                ("mapName", Value::from("m")),
+                ("path", Value::from("")),
+                ("buckets", map(vec![("f", Value::from(1u64 << 33))])),
+            ]),
         );
-        assert!(matches!(decode_binary(&bytes(&bad)), Err(BenchError::Protocol(_))));
+        assert!(matches!(
+            decode_binary(&bytes(&bad)),
+            Err(BenchError::Protocol(_))
+        ));
     }
 
     #[test]
     fn decodes_leaf_records() {
-        let ts = map(vec![("millis", Value::from(1_700_000_000_000u64)), ("counter", Value::from(1)), ("nodeId", Value::from("node-1"))]);
+        let ts = map(vec![
+            ("millis", Value::from(1_700_000_000_000u64)),
+            ("counter", Value::from(1)),
+            ("nodeId", Value::from("node-1")),
+        ]);
         let leaf = with_payload(
             "SYNC_RESP_LEAF",
             map(vec![
@@ -525,33 +653,68 @@ mod tests {
                     "records",
                     Value::Array(vec![map(vec![
                         ("key", Value::from("user-1")),
-                        ("record", map(vec![("value", Value::Nil), ("timestamp", ts)])),
+                        (
+                            "record",
+                            map(vec![("value", Value::Nil), ("timestamp", ts)]),
+                        ),
                     ])]),
                 ),
             ]),
         );
         let encoded = bytes(&leaf);
         let got = decode_binary(&encoded).expect("decodes");
-        let ServerMsg::SyncRespLeaf { records, path, bytes: len, .. } = &got[0] else { panic!("not a leaf: {got:?}") };
+        let ServerMsg::SyncRespLeaf {
+            records,
+            path,
+            bytes: len,
+            ..
+        } = &got[0]
+        else {
+            panic!("not a leaf: {got:?}")
+        };
         assert_eq!(path, "f55");
         assert_eq!(*len, encoded.len());
         assert_eq!(records[0].key, "user-1");
-        assert_eq!(records[0].timestamp, Timestamp { millis: 1_700_000_000_000, counter: 1, node_id: "node-1".into() });
+        assert_eq!(
+            records[0].timestamp,
+            Timestamp {
+                millis: 1_700_000_000_000,
+                counter: 1,
+                node_id: "node-1".into()
+            }
+        );
     }
 
     #[test]
     fn text_frames_are_json_and_unknown_types_are_kept_as_other() {
         let got = decode_text(r#"{"type":"SEARCH_RESP","payload":{"requestId":"r1","results":[],"totalCount":0,"error":"not implemented: search"}}"#)
             .expect("decodes");
-        assert_eq!(got, vec![ServerMsg::SearchResp { request_id: "r1".into(), results: 0, error: Some("not implemented: search".into()) }]);
-        let other = decode_binary(&bytes(&map(vec![("type", Value::from("LOCK_GRANTED"))]))).expect("decodes");
+        assert_eq!(
+            got,
+            vec![ServerMsg::SearchResp {
+                request_id: "r1".into(),
+                results: 0,
+                error: Some("not implemented: search".into())
+            }]
+        );
+        let other = decode_binary(&bytes(&map(vec![("type", Value::from("LOCK_GRANTED"))])))
+            .expect("decodes");
         assert_eq!(other[0].kind(), "LOCK_GRANTED");
     }
 
     #[test]
     fn a_known_type_with_missing_fields_is_a_protocol_error() {
-        let ack = with_payload("OP_ACK", map(vec![("achievedLevel", Value::from("APPLIED"))]));
-        assert!(matches!(decode_binary(&bytes(&ack)), Err(BenchError::Protocol(_))));
-        assert!(matches!(decode_binary(&[0xc1]), Err(BenchError::Protocol(_))));
+        let ack = with_payload(
+            "OP_ACK",
+            map(vec![("achievedLevel", Value::from("APPLIED"))]),
+        );
+        assert!(matches!(
+            decode_binary(&bytes(&ack)),
+            Err(BenchError::Protocol(_))
+        ));
+        assert!(matches!(
+            decode_binary(&[0xc1]),
+            Err(BenchError::Protocol(_))
+        ));
     }
 }

@@ -11,7 +11,12 @@ use rmpv::Value;
 
 /// A MsgPack map with string keys, in the given order.
 pub fn map<K: Into<String>>(entries: Vec<(K, Value)>) -> Value {
-    Value::Map(entries.into_iter().map(|(k, v)| (Value::String(k.into().into()), v)).collect())
+    Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::String(k.into().into()), v))
+            .collect(),
+    )
 }
 
 /// A message whose fields live under `payload` (core.md §1.4).
@@ -37,7 +42,10 @@ pub fn timestamp(ts: &Timestamp) -> Value {
 
 /// `AUTH {token}` (core.md §2.3).
 pub fn auth(token: &str) -> Value {
-    map(vec![("type", Value::from("AUTH")), ("token", Value::from(token))])
+    map(vec![
+        ("type", Value::from("AUTH")),
+        ("token", Value::from(token)),
+    ])
 }
 
 /// One LWW put inside an OP_BATCH.
@@ -64,14 +72,21 @@ fn put_op(op: &PutOp) -> Value {
         ("mapName", Value::from(op.map_name.as_str())),
         ("key", Value::from(op.key.as_str())),
         ("opType", Value::from("PUT")),
-        ("record", map(vec![("value", op.value.clone()), ("timestamp", ts.clone())])),
+        (
+            "record",
+            map(vec![("value", op.value.clone()), ("timestamp", ts.clone())]),
+        ),
         ("timestamp", ts),
         ("synced", Value::Boolean(false)),
     ])
 }
 
 /// `OP_BATCH` of LWW puts with an optional batch-level write concern (core.md §5.5, §5.9).
-pub fn op_batch(ops: &[PutOp], write_concern: Option<WriteConcern>, timeout_ms: Option<u64>) -> Value {
+pub fn op_batch(
+    ops: &[PutOp],
+    write_concern: Option<WriteConcern>,
+    timeout_ms: Option<u64>,
+) -> Value {
     let mut payload = vec![("ops", Value::Array(ops.iter().map(put_op).collect()))];
     if let Some(level) = write_concern {
         payload.push(("writeConcern", Value::from(level.as_str())));
@@ -111,7 +126,13 @@ pub fn sync_init(map_name: &str, last_sync_millis: u64) -> Value {
 
 /// `MERKLE_REQ_BUCKET` for one tree path (core.md §6.4).
 pub fn merkle_req_bucket(map_name: &str, path: &str) -> Value {
-    with_payload("MERKLE_REQ_BUCKET", map(vec![("mapName", Value::from(map_name)), ("path", Value::from(path))]))
+    with_payload(
+        "MERKLE_REQ_BUCKET",
+        map(vec![
+            ("mapName", Value::from(map_name)),
+            ("path", Value::from(path)),
+        ]),
+    )
 }
 
 /// One-shot `SEARCH` (queries-search-messaging.md §2.3).
@@ -140,8 +161,18 @@ mod tests {
 
     #[test]
     fn op_batch_has_the_client_shape_and_round_trips() {
-        let ts = Timestamp { millis: 1_700_000_000_000, counter: 3, node_id: "c1".into() };
-        let op = PutOp { id: 7, map_name: "m".into(), key: "k".into(), value: Value::from(1), timestamp: ts };
+        let ts = Timestamp {
+            millis: 1_700_000_000_000,
+            counter: 3,
+            node_id: "c1".into(),
+        };
+        let op = PutOp {
+            id: 7,
+            map_name: "m".into(),
+            key: "k".into(),
+            value: Value::from(1),
+            timestamp: ts,
+        };
         let msg = op_batch(&[op], Some(WriteConcern::Persisted), Some(2000));
         let bytes = to_bytes(&msg).expect("encodes");
         let back = rmpv::decode::read_value(&mut bytes.as_slice()).expect("decodes");
@@ -172,8 +203,14 @@ mod tests {
         let req = merkle_req_bucket("todos", "f5");
         assert_eq!(get(get(&req, "payload"), "path").as_str(), Some("f5"));
         let s = search("r1", "docs", "alpha", 5);
-        assert_eq!(get(get(get(&s, "payload"), "options"), "limit").as_u64(), Some(5));
+        assert_eq!(
+            get(get(get(&s, "payload"), "options"), "limit").as_u64(),
+            Some(5)
+        );
         let q = query_sub("q1", "m");
-        assert_eq!(get(get(&q, "payload"), "query").as_map().map(Vec::len), Some(0));
+        assert_eq!(
+            get(get(&q, "payload"), "query").as_map().map(Vec::len),
+            Some(0)
+        );
     }
 }

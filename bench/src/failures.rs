@@ -72,7 +72,10 @@ pub struct Failure {
 impl Failure {
     /// A failure of `kind` described by `detail`.
     pub fn new(kind: FailureKind, detail: impl Into<String>) -> Self {
-        Failure { kind, detail: detail.into() }
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -104,7 +107,10 @@ impl FailureTally {
         if n == 0 {
             return;
         }
-        let entry = self.groups.entry(kind.clone()).or_insert_with(|| (0, example.to_string()));
+        let entry = self
+            .groups
+            .entry(kind.clone())
+            .or_insert_with(|| (0, example.to_string()));
         entry.0 += n;
     }
 
@@ -134,7 +140,11 @@ impl FailureTally {
     pub fn summary(&self) -> Vec<FailureSummary> {
         self.groups
             .iter()
-            .map(|(kind, (count, example))| FailureSummary { kind: kind.to_string(), count: *count, example: example.clone() })
+            .map(|(kind, (count, example))| FailureSummary {
+                kind: kind.to_string(),
+                count: *count,
+                example: example.clone(),
+            })
             .collect()
     }
 }
@@ -146,17 +156,36 @@ mod tests {
     #[test]
     fn groups_by_kind_and_keeps_the_first_example() {
         let mut a = FailureTally::default();
-        a.add(&Failure::new(FailureKind::OpRejected { code: Some(403) }, "first"));
-        a.add(&Failure::new(FailureKind::OpRejected { code: Some(403) }, "second"));
+        a.add(&Failure::new(
+            FailureKind::OpRejected { code: Some(403) },
+            "first",
+        ));
+        a.add(&Failure::new(
+            FailureKind::OpRejected { code: Some(403) },
+            "second",
+        ));
         let mut b = FailureTally::default();
-        b.add(&Failure::new(FailureKind::ProtocolError { code: Some(429) }, "server overloaded"));
-        b.add(&Failure::new(FailureKind::OpRejected { code: Some(403) }, "third"));
+        b.add(&Failure::new(
+            FailureKind::ProtocolError { code: Some(429) },
+            "server overloaded",
+        ));
+        b.add(&Failure::new(
+            FailureKind::OpRejected { code: Some(403) },
+            "third",
+        ));
         a.merge(&b);
         assert_eq!(a.total(), 4);
         assert_eq!(a.count(&FailureKind::OpRejected { code: Some(403) }), 3);
         let summary = a.summary();
         assert_eq!(summary.len(), 2);
-        assert_eq!(summary[0], FailureSummary { kind: "OP_REJECTED (403)".into(), count: 3, example: "first".into() });
+        assert_eq!(
+            summary[0],
+            FailureSummary {
+                kind: "OP_REJECTED (403)".into(),
+                count: 3,
+                example: "first".into()
+            }
+        );
         assert_eq!(summary[1].kind, "ERROR (429)");
     }
 

@@ -88,13 +88,28 @@ impl InFlight {
     /// A tracker that requires `requested` (if any) to be reached, gives up on a batch after
     /// `response_timeout` and, once a batch is known to have failed, waits `failure_grace`
     /// for its trailing OP_ACK before settling it.
-    pub fn new(requested: Option<WriteConcern>, response_timeout: Duration, failure_grace: Duration) -> Self {
-        InFlight { pending: VecDeque::new(), given_up: VecDeque::new(), requested, response_timeout, failure_grace }
+    pub fn new(
+        requested: Option<WriteConcern>,
+        response_timeout: Duration,
+        failure_grace: Duration,
+    ) -> Self {
+        InFlight {
+            pending: VecDeque::new(),
+            given_up: VecDeque::new(),
+            requested,
+            response_timeout,
+            failure_grace,
+        }
     }
 
     /// Registers a batch; call before its frame is sent so the answer cannot overtake it.
     pub fn sent(&mut self, batch: SentBatch) {
-        self.pending.push_back(Pending { batch, failures: Vec::new(), failed_at: None, saw_error: false });
+        self.pending.push_back(Pending {
+            batch,
+            failures: Vec::new(),
+            failed_at: None,
+            saw_error: false,
+        });
     }
 
     /// Takes back the batch ending at `last_id` because it never reached the socket.
@@ -127,7 +142,8 @@ impl InFlight {
             .iter()
             .map(|p| {
                 let timeout = p.batch.sent_at + self.response_timeout;
-                p.failed_at.map_or(timeout, |at| timeout.min(at + self.failure_grace))
+                p.failed_at
+                    .map_or(timeout, |at| timeout.min(at + self.failure_grace))
             })
             .min()
     }
@@ -136,17 +152,38 @@ impl InFlight {
     pub fn observe(&mut self, msg: &ServerMsg, now: Instant) -> Observed {
         let mut observed = Observed::default();
         match msg {
-            ServerMsg::OpAck { last_id, achieved_level, results } => self.on_ack(last_id, achieved_level.as_deref(), results, now, &mut observed),
-            ServerMsg::OpRejected { op_id, reason, code } => {
-                let failure = Failure::new(FailureKind::OpRejected { code: *code }, format!("op {op_id}: {reason}"));
-                let target = op_id.parse::<u64>().ok().and_then(|id| self.pending.iter_mut().find(|p| p.batch.contains(id)));
+            ServerMsg::OpAck {
+                last_id,
+                achieved_level,
+                results,
+            } => self.on_ack(
+                last_id,
+                achieved_level.as_deref(),
+                results,
+                now,
+                &mut observed,
+            ),
+            ServerMsg::OpRejected {
+                op_id,
+                reason,
+                code,
+            } => {
+                let failure = Failure::new(
+                    FailureKind::OpRejected { code: *code },
+                    format!("op {op_id}: {reason}"),
+                );
+                let target = op_id
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|id| self.pending.iter_mut().find(|p| p.batch.contains(id)));
                 match target {
                     Some(p) => mark(p, failure, now),
                     None => observed.unattributed.push(failure),
                 }
             }
             ServerMsg::Error { code, message } => {
-                let failure = Failure::new(FailureKind::ProtocolError { code: *code }, message.clone());
+                let failure =
+                    Failure::new(FailureKind::ProtocolError { code: *code }, message.clone());
                 // ERROR names no op. Answers come in request order and a rejected batch gets
                 // exactly one ERROR before its OP_REJECTEDs, so it belongs to the oldest batch
                 // that has not had one yet.
@@ -158,8 +195,15 @@ impl InFlight {
                     None => observed.unattributed.push(failure),
                 }
             }
-            ServerMsg::MergeRejected { map_name, key, reason } => {
-                let failure = Failure::new(FailureKind::MergeRejected, format!("{map_name}/{key}: {reason}"));
+            ServerMsg::MergeRejected {
+                map_name,
+                key,
+                reason,
+            } => {
+                let failure = Failure::new(
+                    FailureKind::MergeRejected,
+                    format!("{map_name}/{key}: {reason}"),
+                );
                 match self.pending.front_mut() {
                     Some(p) => mark(p, failure, now),
                     None => observed.unattributed.push(failure),
@@ -170,10 +214,20 @@ impl InFlight {
         observed
     }
 
-    fn on_ack(&mut self, last_id: &str, achieved: Option<&str>, results: &[OpResult], now: Instant, observed: &mut Observed) {
+    fn on_ack(
+        &mut self,
+        last_id: &str,
+        achieved: Option<&str>,
+        results: &[OpResult],
+        now: Instant,
+        observed: &mut Observed,
+    ) {
         let Ok(n) = last_id.parse::<u64>() else {
             // A non-numeric lastId makes a real client drop every pending op (core.md §5.6).
-            observed.unattributed.push(Failure::new(FailureKind::UnexpectedAck, format!("non-numeric lastId {last_id:?}")));
+            observed.unattributed.push(Failure::new(
+                FailureKind::UnexpectedAck,
+                format!("non-numeric lastId {last_id:?}"),
+            ));
             return;
         };
         let Some(pos) = self.pending.iter().position(|p| p.batch.last_id == n) else {
@@ -181,7 +235,10 @@ impl InFlight {
                 // A late answer for a batch already counted as failed.
                 return;
             }
-            observed.unattributed.push(Failure::new(FailureKind::UnexpectedAck, format!("lastId {n} is not the last op of a batch in flight")));
+            observed.unattributed.push(Failure::new(
+                FailureKind::UnexpectedAck,
+                format!("lastId {n} is not the last op of a batch in flight"),
+            ));
             return;
         };
         // The client treats every op up to lastId as acknowledged, so older batches settle too
@@ -189,10 +246,16 @@ impl InFlight {
         let requested = self.requested;
         for mut p in self.pending.drain(..=pos) {
             let acked_here = p.batch.last_id == n;
-            for r in results.iter().filter(|r| r.op_id.parse::<u64>().is_ok_and(|id| p.batch.contains(id))) {
+            for r in results
+                .iter()
+                .filter(|r| r.op_id.parse::<u64>().is_ok_and(|id| p.batch.contains(id)))
+            {
                 if !r.success {
                     let text = r.error.clone().unwrap_or_else(|| "success=false".into());
-                    p.failures.push(Failure::new(FailureKind::OpResultFailed, format!("op {}: {text}", r.op_id)));
+                    p.failures.push(Failure::new(
+                        FailureKind::OpResultFailed,
+                        format!("op {}: {text}", r.op_id),
+                    ));
                 }
             }
             if acked_here {
@@ -200,7 +263,11 @@ impl InFlight {
                     p.failures.push(f);
                 }
             }
-            observed.outcomes.push(BatchOutcome { ops: p.batch.ops(), latency: now - p.batch.sent_at, failures: p.failures });
+            observed.outcomes.push(BatchOutcome {
+                ops: p.batch.ops(),
+                latency: now - p.batch.sent_at,
+                failures: p.failures,
+            });
         }
     }
 
@@ -217,9 +284,19 @@ impl InFlight {
             }
             let mut failures = std::mem::take(&mut p.failures);
             if failures.is_empty() {
-                failures.push(Failure::new(FailureKind::NoResponse, format!("no OP_ACK for ops {}..={} within {timeout:?}", p.batch.first_id, p.batch.last_id)));
+                failures.push(Failure::new(
+                    FailureKind::NoResponse,
+                    format!(
+                        "no OP_ACK for ops {}..={} within {timeout:?}",
+                        p.batch.first_id, p.batch.last_id
+                    ),
+                ));
             }
-            settled.push(BatchOutcome { ops: p.batch.ops(), latency: now - p.batch.sent_at, failures });
+            settled.push(BatchOutcome {
+                ops: p.batch.ops(),
+                latency: now - p.batch.sent_at,
+                failures,
+            });
             given_up.push(p.batch.last_id);
             false
         });
@@ -240,7 +317,11 @@ impl InFlight {
                 if p.failures.is_empty() {
                     p.failures.push(reason.clone());
                 }
-                BatchOutcome { ops: p.batch.ops(), latency: now - p.batch.sent_at, failures: p.failures }
+                BatchOutcome {
+                    ops: p.batch.ops(),
+                    latency: now - p.batch.sent_at,
+                    failures: p.failures,
+                }
             })
             .collect()
     }
@@ -248,7 +329,12 @@ impl InFlight {
 
 /// The batch's level is the payload's `achievedLevel`, else the lowest per-op level of its
 /// ops; with a write concern requested, an unreported level is a failure too.
-fn concern_failure(requested: Option<WriteConcern>, batch: &SentBatch, achieved: Option<&str>, results: &[OpResult]) -> Option<Failure> {
+fn concern_failure(
+    requested: Option<WriteConcern>,
+    batch: &SentBatch,
+    achieved: Option<&str>,
+    results: &[OpResult],
+) -> Option<Failure> {
     let requested = requested?;
     let reported = match achieved {
         Some(level) => Some(level.to_string()),
@@ -259,11 +345,17 @@ fn concern_failure(requested: Option<WriteConcern>, batch: &SentBatch, achieved:
             .min_by_key(|l| WriteConcern::parse(l)),
     };
     let Some(reported) = reported else {
-        return Some(Failure::new(FailureKind::WriteConcernNotMet, format!("requested {requested}, OP_ACK reports no achievedLevel")));
+        return Some(Failure::new(
+            FailureKind::WriteConcernNotMet,
+            format!("requested {requested}, OP_ACK reports no achievedLevel"),
+        ));
     };
     match WriteConcern::parse(&reported) {
         Some(level) if level >= requested => None,
-        _ => Some(Failure::new(FailureKind::WriteConcernNotMet, format!("requested {requested}, achieved {reported}"))),
+        _ => Some(Failure::new(
+            FailureKind::WriteConcernNotMet,
+            format!("requested {requested}, achieved {reported}"),
+        )),
     }
 }
 
@@ -284,11 +376,19 @@ mod tests {
     }
 
     fn batch(first: u64, last: u64, at: Instant) -> SentBatch {
-        SentBatch { first_id: first, last_id: last, sent_at: at }
+        SentBatch {
+            first_id: first,
+            last_id: last,
+            sent_at: at,
+        }
     }
 
     fn ack(last: &str) -> ServerMsg {
-        ServerMsg::OpAck { last_id: last.into(), achieved_level: Some("APPLIED".into()), results: vec![] }
+        ServerMsg::OpAck {
+            last_id: last.into(),
+            achieved_level: Some("APPLIED".into()),
+            results: vec![],
+        }
     }
 
     #[test]
@@ -297,7 +397,14 @@ mod tests {
         let mut t = tracker(None);
         t.sent(batch(1, 10, t0));
         let got = t.observe(&ack("10"), t0 + Duration::from_millis(7));
-        assert_eq!(got.outcomes, vec![BatchOutcome { ops: 10, latency: Duration::from_millis(7), failures: vec![] }]);
+        assert_eq!(
+            got.outcomes,
+            vec![BatchOutcome {
+                ops: 10,
+                latency: Duration::from_millis(7),
+                failures: vec![]
+            }]
+        );
         assert!(got.unattributed.is_empty());
         assert!(t.is_empty());
     }
@@ -310,9 +417,20 @@ mod tests {
         t.sent(batch(1, 2, t0));
         let now = t0 + Duration::from_millis(3);
         for msg in [
-            ServerMsg::Error { code: Some(403), message: "write access denied for map: secrets".into() },
-            ServerMsg::OpRejected { op_id: "1".into(), reason: "write access denied".into(), code: Some(403) },
-            ServerMsg::OpRejected { op_id: "2".into(), reason: "write access denied".into(), code: Some(403) },
+            ServerMsg::Error {
+                code: Some(403),
+                message: "write access denied for map: secrets".into(),
+            },
+            ServerMsg::OpRejected {
+                op_id: "1".into(),
+                reason: "write access denied".into(),
+                code: Some(403),
+            },
+            ServerMsg::OpRejected {
+                op_id: "2".into(),
+                reason: "write access denied".into(),
+                code: Some(403),
+            },
         ] {
             assert_eq!(t.observe(&msg, now), Observed::default());
         }
@@ -337,12 +455,21 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(None);
         t.sent(batch(1, 10, t0));
-        t.observe(&ServerMsg::Error { code: Some(429), message: "server overloaded, try again later".into() }, t0);
+        t.observe(
+            &ServerMsg::Error {
+                code: Some(429),
+                message: "server overloaded, try again later".into(),
+            },
+            t0,
+        );
         assert_eq!(t.next_deadline(), Some(t0 + GRACE));
         assert!(t.expire(t0 + Duration::from_millis(500)).is_empty());
         let settled = t.expire(t0 + GRACE);
         assert_eq!(settled.len(), 1);
-        assert_eq!(settled[0].failures[0].kind, FailureKind::ProtocolError { code: Some(429) });
+        assert_eq!(
+            settled[0].failures[0].kind,
+            FailureKind::ProtocolError { code: Some(429) }
+        );
         assert!(t.is_empty());
     }
 
@@ -352,11 +479,18 @@ mod tests {
         let mut t = tracker(None);
         t.sent(batch(1, 5, t0));
         t.sent(batch(6, 10, t0));
-        let err = ServerMsg::Error { code: Some(500), message: "boom".into() };
+        let err = ServerMsg::Error {
+            code: Some(500),
+            message: "boom".into(),
+        };
         t.observe(&err, t0);
         t.observe(&err, t0);
         let third = t.observe(&err, t0);
-        assert_eq!(third.unattributed.len(), 1, "a third ERROR has no batch left");
+        assert_eq!(
+            third.unattributed.len(),
+            1,
+            "a third ERROR has no batch left"
+        );
         let settled = t.expire(t0 + GRACE);
         assert_eq!(settled.len(), 2);
         assert!(settled.iter().all(|o| o.failures.len() == 1));
@@ -392,8 +526,18 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(None);
         t.sent(batch(1, 10, t0));
-        let got = t.observe(&ServerMsg::OpRejected { op_id: "op-x".into(), reason: "bad".into(), code: None }, t0);
-        assert_eq!(got.unattributed[0].kind, FailureKind::OpRejected { code: None });
+        let got = t.observe(
+            &ServerMsg::OpRejected {
+                op_id: "op-x".into(),
+                reason: "bad".into(),
+                code: None,
+            },
+            t0,
+        );
+        assert_eq!(
+            got.unattributed[0].kind,
+            FailureKind::OpRejected { code: None }
+        );
     }
 
     #[test]
@@ -402,19 +546,42 @@ mod tests {
         let mut t = tracker(Some(WriteConcern::Persisted));
         t.sent(batch(1, 2, t0));
         let low = t.observe(&ack("2"), t0);
-        assert_eq!(low.outcomes[0].failures[0].kind, FailureKind::WriteConcernNotMet);
+        assert_eq!(
+            low.outcomes[0].failures[0].kind,
+            FailureKind::WriteConcernNotMet
+        );
 
         t.sent(batch(3, 4, t0));
-        let silent = ServerMsg::OpAck { last_id: "4".into(), achieved_level: None, results: vec![] };
-        assert_eq!(t.observe(&silent, t0).outcomes[0].failures[0].kind, FailureKind::WriteConcernNotMet);
+        let silent = ServerMsg::OpAck {
+            last_id: "4".into(),
+            achieved_level: None,
+            results: vec![],
+        };
+        assert_eq!(
+            t.observe(&silent, t0).outcomes[0].failures[0].kind,
+            FailureKind::WriteConcernNotMet
+        );
 
         t.sent(batch(5, 6, t0));
-        let per_op = |id: &str| OpResult { op_id: id.into(), success: true, achieved_level: Some("PERSISTED".into()), error: None };
-        let ok = ServerMsg::OpAck { last_id: "6".into(), achieved_level: None, results: vec![per_op("5"), per_op("6")] };
+        let per_op = |id: &str| OpResult {
+            op_id: id.into(),
+            success: true,
+            achieved_level: Some("PERSISTED".into()),
+            error: None,
+        };
+        let ok = ServerMsg::OpAck {
+            last_id: "6".into(),
+            achieved_level: None,
+            results: vec![per_op("5"), per_op("6")],
+        };
         assert!(t.observe(&ok, t0).outcomes[0].succeeded());
 
         t.sent(batch(7, 8, t0));
-        let ok = ServerMsg::OpAck { last_id: "8".into(), achieved_level: Some("PERSISTED".into()), results: vec![] };
+        let ok = ServerMsg::OpAck {
+            last_id: "8".into(),
+            achieved_level: Some("PERSISTED".into()),
+            results: vec![],
+        };
         assert!(t.observe(&ok, t0).outcomes[0].succeeded());
     }
 
@@ -434,7 +601,10 @@ mod tests {
             }],
         };
         let got = t.observe(&msg, t0);
-        assert_eq!(got.outcomes[0].failures[0].kind, FailureKind::OpResultFailed);
+        assert_eq!(
+            got.outcomes[0].failures[0].kind,
+            FailureKind::OpResultFailed
+        );
         assert!(got.outcomes[0].failures[0].detail.contains("Timeout"));
     }
 
@@ -476,7 +646,10 @@ mod tests {
         assert!(t.withdraw(20));
         assert!(!t.withdraw(20));
         assert_eq!(t.len(), 1);
-        assert_eq!(t.observe(&ack("20"), t0).unattributed[0].kind, FailureKind::UnexpectedAck);
+        assert_eq!(
+            t.observe(&ack("20"), t0).unattributed[0].kind,
+            FailureKind::UnexpectedAck
+        );
     }
 
     #[test]
@@ -484,7 +657,10 @@ mod tests {
         let t0 = Instant::now();
         let mut t = tracker(None);
         t.sent(batch(1, 1, t0));
-        assert_eq!(t.observe(&ServerMsg::ServerEvents { count: 3 }, t0), Observed::default());
+        assert_eq!(
+            t.observe(&ServerMsg::ServerEvents { count: 3 }, t0),
+            Observed::default()
+        );
         assert_eq!(t.len(), 1);
     }
 }

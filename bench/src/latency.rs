@@ -24,13 +24,16 @@ impl LatencyRecorder {
     pub fn new() -> Self {
         // Bounds and precision are constants that hdrhistogram accepts; a failure here would
         // be a programming error caught by the unit tests.
-        let hist = Histogram::new_with_bounds(1, MAX_MICROS, 3).unwrap_or_else(|e| panic!("histogram bounds: {e}"));
+        let hist = Histogram::new_with_bounds(1, MAX_MICROS, 3)
+            .unwrap_or_else(|e| panic!("histogram bounds: {e}"));
         LatencyRecorder { hist }
     }
 
     /// Records one latency; values beyond an hour are clamped rather than lost.
     pub fn record(&mut self, latency: Duration) {
-        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.hist.saturating_record(micros.min(MAX_MICROS));
     }
 
@@ -38,7 +41,8 @@ impl LatencyRecorder {
     pub fn merge(&mut self, other: &LatencyRecorder) {
         // Same bounds on both sides, so adding cannot fail; saturating_record keeps values in range.
         for v in other.hist.iter_recorded() {
-            self.hist.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            self.hist
+                .saturating_record_n(v.value_iterated_to(), v.count_at_value());
         }
     }
 
@@ -51,11 +55,21 @@ impl LatencyRecorder {
     pub fn summary(&self, name: &str) -> LatencySummary {
         let ms = |micros: u64| micros as f64 / 1000.0;
         let empty = self.hist.is_empty();
-        let at = |q: f64| if empty { 0.0 } else { ms(self.hist.value_at_quantile(q)) };
+        let at = |q: f64| {
+            if empty {
+                0.0
+            } else {
+                ms(self.hist.value_at_quantile(q))
+            }
+        };
         LatencySummary {
             name: name.to_string(),
             count: self.hist.len(),
-            mean_ms: if empty { 0.0 } else { self.hist.mean() / 1000.0 },
+            mean_ms: if empty {
+                0.0
+            } else {
+                self.hist.mean() / 1000.0
+            },
             p50_ms: at(0.50),
             p95_ms: at(0.95),
             p99_ms: at(0.99),

@@ -13,7 +13,10 @@ const EXIT_FATAL: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("topgun-bench: cannot start the runtime: {e}");
@@ -25,13 +28,16 @@ fn main() -> ExitCode {
         let ctx = Ctx::from_args(&cli.common)?;
         scenarios::run(&ctx, &cli.scenario, &cli.common.pids).await
     });
-    let report = match result {
+    let mut report = match result {
         Ok(report) => report,
         Err(e) => {
             eprintln!("topgun-bench {name}: FATAL: {e}");
             return ExitCode::from(EXIT_FATAL);
         }
     };
+    if let Some(label) = &cli.common.label {
+        report.label = label.clone();
+    }
     print!("{}", report.to_markdown());
     for note in &report.notes {
         eprintln!("topgun-bench {name}: note: {note}");
@@ -51,7 +57,10 @@ fn main() -> ExitCode {
     if report.passed {
         return ExitCode::SUCCESS;
     }
-    eprintln!("topgun-bench {name}: FAILED: {} request(s) failed:", report.failure_count);
+    eprintln!(
+        "topgun-bench {name}: FAILED: {} request(s) failed:",
+        report.failure_count
+    );
     for f in &report.failures {
         eprintln!("  {} × {} — e.g. {}", f.count, f.kind, f.example);
     }

@@ -20,7 +20,10 @@ pub fn leaf_path(key: &str) -> String {
 
 /// The LWW entry hash: FNV-1a of `key:millis:counter:nodeId`; the value is not hashed.
 pub fn entry_hash(key: &str, ts: &Timestamp) -> u32 {
-    fnv1a(&format!("{key}:{}:{}:{}", ts.millis, ts.counter, ts.node_id))
+    fnv1a(&format!(
+        "{key}:{}:{}:{}",
+        ts.millis, ts.counter, ts.node_id
+    ))
 }
 
 /// A Merkle tree of depth 3 whose node hashes are wrapping sums of their children.
@@ -36,7 +39,10 @@ impl MerkleTree {
     /// Sets the entry of `key` to `hash`, updating every node on its path.
     pub fn set(&mut self, key: &str, hash: u32) {
         let leaf = leaf_path(key);
-        let old = self.entries.insert(key.to_string(), (leaf.clone(), hash)).map_or(0, |(_, h)| h);
+        let old = self
+            .entries
+            .insert(key.to_string(), (leaf.clone(), hash))
+            .map_or(0, |(_, h)| h);
         for len in 0..=DEPTH {
             let node = self.nodes.entry(leaf[..len].to_string()).or_insert(0);
             *node = node.wrapping_sub(old).wrapping_add(hash);
@@ -148,7 +154,12 @@ impl SyncWalk {
     }
 
     /// Handles SYNC_RESP_BUCKETS: requests every child whose hash differs from the local one.
-    pub fn on_buckets(&mut self, local: &Replica, path: &str, buckets: &[(String, u32)]) -> Vec<String> {
+    pub fn on_buckets(
+        &mut self,
+        local: &Replica,
+        path: &str,
+        buckets: &[(String, u32)],
+    ) -> Vec<String> {
         self.outstanding.remove(path);
         let mut next = Vec::new();
         for (c, remote) in buckets {
@@ -164,7 +175,13 @@ impl SyncWalk {
     }
 
     /// Handles SYNC_RESP_LEAF: merges the records and resolves the path once it matches.
-    pub fn on_leaf(&mut self, local: &mut Replica, path: &str, records: &[LeafRecord], bytes: usize) {
+    pub fn on_leaf(
+        &mut self,
+        local: &mut Replica,
+        path: &str,
+        records: &[LeafRecord],
+        bytes: usize,
+    ) {
         self.leaves_fetched.insert(path.to_string());
         self.leaf_bytes += bytes as u64;
         for r in records {
@@ -187,8 +204,11 @@ impl SyncWalk {
 
     /// Paths still due, with the hash the server announced and the local one.
     pub fn unresolved(&self, local: &Replica) -> Vec<(String, u32, u32)> {
-        let mut list: Vec<_> =
-            self.outstanding.iter().map(|(p, h)| (p.clone(), *h, local.tree().node_hash(p).unwrap_or(0))).collect();
+        let mut list: Vec<_> = self
+            .outstanding
+            .iter()
+            .map(|(p, h)| (p.clone(), *h, local.tree().node_hash(p).unwrap_or(0)))
+            .collect();
         list.sort();
         list
     }
@@ -199,7 +219,11 @@ mod tests {
     use super::*;
 
     fn ts(millis: u64, counter: u64, node: &str) -> Timestamp {
-        Timestamp { millis, counter, node_id: node.into() }
+        Timestamp {
+            millis,
+            counter,
+            node_id: node.into(),
+        }
     }
 
     fn spec_tree() -> Replica {
@@ -214,35 +238,60 @@ mod tests {
     #[test]
     fn matches_the_spec_worked_example() {
         assert_eq!(leaf_path("user-1"), "f55");
-        assert_eq!(entry_hash("user-1", &ts(1_700_000_000_000, 1, "node-1")), 1_214_284_741);
+        assert_eq!(
+            entry_hash("user-1", &ts(1_700_000_000_000, 1, "node-1")),
+            1_214_284_741
+        );
         let r = spec_tree();
         assert_eq!(r.tree().root(), 733_201_421);
-        assert_eq!(r.tree().buckets(""), BTreeMap::from([('3', 2_944_331_021), ('f', 2_083_837_696)]));
-        assert_eq!(r.tree().buckets("f"), BTreeMap::from([('5', 1_214_284_741), ('8', 869_552_955)]));
+        assert_eq!(
+            r.tree().buckets(""),
+            BTreeMap::from([('3', 2_944_331_021), ('f', 2_083_837_696)])
+        );
+        assert_eq!(
+            r.tree().buckets("f"),
+            BTreeMap::from([('5', 1_214_284_741), ('8', 869_552_955)])
+        );
         assert!(r.tree().buckets("f55").is_empty());
     }
 
     #[test]
     fn lww_merge_keeps_the_newer_record_and_rehashes() {
         let mut r = spec_tree();
-        assert!(!r.merge("user-1", &ts(1_700_000_000_000, 1, "node-1")), "same timestamp is no change");
-        assert!(!r.merge("user-1", &ts(1_600_000_000_000, 9, "node-1")), "older loses");
+        assert!(
+            !r.merge("user-1", &ts(1_700_000_000_000, 1, "node-1")),
+            "same timestamp is no change"
+        );
+        assert!(
+            !r.merge("user-1", &ts(1_600_000_000_000, 9, "node-1")),
+            "older loses"
+        );
         let before = r.tree().root();
         assert!(r.merge("user-1", &ts(1_700_000_000_000, 2, "node-1")));
-        let delta = entry_hash("user-1", &ts(1_700_000_000_000, 2, "node-1")).wrapping_sub(1_214_284_741);
+        let delta =
+            entry_hash("user-1", &ts(1_700_000_000_000, 2, "node-1")).wrapping_sub(1_214_284_741);
         assert_eq!(r.tree().root(), before.wrapping_add(delta));
         assert_eq!(r.len(), 3);
     }
 
     /// Answers a walk from a server replica, the way a compatible server would.
-    fn serve(server: &Replica, server_leaves: &HashMap<String, Vec<LeafRecord>>, client: &mut Replica) -> SyncWalk {
+    fn serve(
+        server: &Replica,
+        server_leaves: &HashMap<String, Vec<LeafRecord>>,
+        client: &mut Replica,
+    ) -> SyncWalk {
         let mut walk = SyncWalk::default();
         let mut queue = walk.start(client, server.tree().root());
         while let Some(path) = queue.pop() {
             match server_leaves.get(&path) {
                 Some(records) if path.len() == DEPTH => walk.on_leaf(client, &path, records, 10),
                 _ => {
-                    let buckets: Vec<(String, u32)> = server.tree().buckets(&path).into_iter().map(|(c, h)| (c.to_string(), h)).collect();
+                    let buckets: Vec<(String, u32)> = server
+                        .tree()
+                        .buckets(&path)
+                        .into_iter()
+                        .map(|(c, h)| (c.to_string(), h))
+                        .collect();
                     queue.extend(walk.on_buckets(client, &path, &buckets));
                 }
             }
@@ -255,9 +304,16 @@ mod tests {
         let mut leaves: HashMap<String, Vec<LeafRecord>> = HashMap::new();
         for i in 0..n {
             let key = format!("rec-{i}");
-            let t = if bump.contains(&i) { ts(2_000, 0, "w") } else { ts(1_000, i as u64, "w") };
+            let t = if bump.contains(&i) {
+                ts(2_000, 0, "w")
+            } else {
+                ts(1_000, i as u64, "w")
+            };
             server.merge(&key, &t);
-            leaves.entry(leaf_path(&key)).or_default().push(LeafRecord { key, timestamp: t });
+            leaves
+                .entry(leaf_path(&key))
+                .or_default()
+                .push(LeafRecord { key, timestamp: t });
         }
         (server, leaves)
     }
@@ -283,7 +339,10 @@ mod tests {
         let changed = [3, 700, 1_999];
         let (server, leaves) = server_state(2_000, &changed);
         let walk = serve(&server, &leaves, &mut client);
-        let touched: BTreeSet<String> = changed.iter().map(|i| leaf_path(&format!("rec-{i}"))).collect();
+        let touched: BTreeSet<String> = changed
+            .iter()
+            .map(|i| leaf_path(&format!("rec-{i}")))
+            .collect();
         assert_eq!(walk.leaves_fetched, touched);
         assert_eq!(walk.records_changed, 3);
         assert_eq!(client.tree().root(), server.tree().root());
@@ -303,17 +362,39 @@ mod tests {
         let mut server = Replica::default();
         // Two keys in one leaf: find a second key sharing the leaf of "a".
         let leaf = leaf_path("a");
-        let other = (0..100_000).map(|i| format!("k{i}")).find(|k| leaf_path(k) == leaf).expect("a colliding key exists");
+        let other = (0..100_000)
+            .map(|i| format!("k{i}"))
+            .find(|k| leaf_path(k) == leaf)
+            .expect("a colliding key exists");
         let (ta, tb) = (ts(5, 0, "s"), ts(6, 0, "s"));
         server.merge("a", &ta);
         server.merge(&other, &tb);
         let mut client = Replica::default();
         let mut walk = SyncWalk::default();
-        walk.outstanding.insert(leaf.clone(), server.tree().node_hash(&leaf).expect("leaf exists"));
-        walk.on_leaf(&mut client, &leaf, &[LeafRecord { key: "a".into(), timestamp: ta }], 1);
+        walk.outstanding.insert(
+            leaf.clone(),
+            server.tree().node_hash(&leaf).expect("leaf exists"),
+        );
+        walk.on_leaf(
+            &mut client,
+            &leaf,
+            &[LeafRecord {
+                key: "a".into(),
+                timestamp: ta,
+            }],
+            1,
+        );
         assert!(!walk.is_complete(), "half a leaf is not the leaf");
         assert_eq!(walk.unresolved(&client).len(), 1);
-        walk.on_leaf(&mut client, &leaf, &[LeafRecord { key: other, timestamp: tb }], 1);
+        walk.on_leaf(
+            &mut client,
+            &leaf,
+            &[LeafRecord {
+                key: other,
+                timestamp: tb,
+            }],
+            1,
+        );
         assert!(walk.is_complete());
     }
 

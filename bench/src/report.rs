@@ -25,6 +25,8 @@ pub struct Metric {
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// Name of this run in headings (e.g. `write-ack-persisted`); the scenario name if unset.
+    pub label: String,
     /// Server URL.
     pub url: String,
     /// Start time, Unix seconds.
@@ -54,6 +56,7 @@ impl Report {
     pub fn new(scenario: &str, url: &str) -> Self {
         Report {
             scenario: scenario.to_string(),
+            label: scenario.to_string(),
             url: url.to_string(),
             started_at_unix: crate::clock::wall_millis() / 1000,
             duration_secs: 0.0,
@@ -76,13 +79,20 @@ impl Report {
 
     /// Adds a metric.
     pub fn metric(&mut self, name: &str, value: f64, unit: &str) -> &mut Self {
-        self.metrics.push(Metric { name: name.to_string(), value, unit: unit.to_string() });
+        self.metrics.push(Metric {
+            name: name.to_string(),
+            value,
+            unit: unit.to_string(),
+        });
         self
     }
 
     /// The value of a metric, if present.
     pub fn metric_value(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
     }
 
     /// Sets the failures; the report passes only without any.
@@ -101,7 +111,12 @@ impl Report {
     /// A Markdown section: heading, parameters, one table.
     pub fn to_markdown(&self) -> String {
         let mut md = String::new();
-        let _ = writeln!(md, "### {} — {}\n", self.scenario, if self.passed { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            md,
+            "### {} — {}\n",
+            self.label,
+            if self.passed { "PASS" } else { "FAIL" }
+        );
         let params: Vec<String> = self
             .parameters
             .iter()
@@ -110,7 +125,13 @@ impl Report {
                 other => format!("{k}={other}"),
             })
             .collect();
-        let _ = writeln!(md, "`{}` against `{}`, {:.1} s measured\n", params.join(" "), self.url, self.duration_secs);
+        let _ = writeln!(
+            md,
+            "`{}` against `{}`, {:.1} s measured\n",
+            params.join(" "),
+            self.url,
+            self.duration_secs
+        );
         md.push_str("| measure | value |\n|---|---|\n");
         for m in &self.metrics {
             let _ = writeln!(md, "| {} | {} {} |", m.name, format_number(m.value), m.unit);
@@ -124,11 +145,27 @@ impl Report {
         }
         let _ = writeln!(md, "| failures | {} |", self.failure_count);
         for f in &self.failures {
-            let _ = writeln!(md, "| failure: {} | {} × (e.g. {}) |", f.kind, f.count, f.example.replace('|', "\\|"));
+            let _ = writeln!(
+                md,
+                "| failure: {} | {} × (e.g. {}) |",
+                f.kind,
+                f.count,
+                f.example.replace('|', "\\|")
+            );
         }
         for r in &self.rss {
-            let peak = r.peak_rss_kib.map(|p| format!(", peak {:.1} MiB", p as f64 / 1024.0)).unwrap_or_default();
-            let _ = writeln!(md, "| RSS pid {} ({}) | {:.1} MiB{} |", r.pid, r.name, r.rss_kib as f64 / 1024.0, peak);
+            let peak = r
+                .peak_rss_kib
+                .map(|p| format!(", peak {:.1} MiB", p as f64 / 1024.0))
+                .unwrap_or_default();
+            let _ = writeln!(
+                md,
+                "| RSS pid {} ({}) | {:.1} MiB{} |",
+                r.pid,
+                r.name,
+                r.rss_kib as f64 / 1024.0,
+                peak
+            );
         }
         for n in &self.notes {
             let _ = writeln!(md, "\nNote: {n}");
@@ -139,13 +176,23 @@ impl Report {
 
     /// Writes the JSON to `path`.
     pub fn write_json(&self, path: &Path) -> Result<(), BenchError> {
-        std::fs::write(path, self.to_json() + "\n").map_err(|source| BenchError::Io { path: path.display().to_string(), source })
+        std::fs::write(path, self.to_json() + "\n").map_err(|source| BenchError::Io {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Appends the Markdown section to `path`.
     pub fn append_markdown(&self, path: &Path) -> Result<(), BenchError> {
-        let io = |source| BenchError::Io { path: path.display().to_string(), source };
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+        let io = |source| BenchError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         file.write_all(self.to_markdown().as_bytes()).map_err(io)
     }
 }
@@ -171,7 +218,8 @@ mod tests {
     fn sample() -> Report {
         let mut r = Report::new("write-ack", "ws://127.0.0.1:1/ws");
         r.param("connections", 20).param("interval_ms", 50);
-        r.metric("acked ops/s", 1234.5678, "ops/s").metric("ops acked", 1000.0, "ops");
+        r.metric("acked ops/s", 1234.5678, "ops/s")
+            .metric("ops acked", 1000.0, "ops");
         let mut lat = LatencyRecorder::new();
         lat.record(Duration::from_millis(3));
         r.latencies.push(lat.summary("OP_BATCH → OP_ACK"));
@@ -200,13 +248,31 @@ mod tests {
     fn a_report_with_failures_fails_and_lists_them() {
         let mut r = sample();
         let mut t = FailureTally::default();
-        t.add(&Failure::new(FailureKind::OpRejected { code: Some(403) }, "op 3: write access denied | map x"));
+        t.add(&Failure::new(
+            FailureKind::OpRejected { code: Some(403) },
+            "op 3: write access denied | map x",
+        ));
         r.set_failures(&t);
         assert!(!r.passed);
         assert_eq!(r.failure_count, 1);
         let md = r.to_markdown();
         assert!(md.starts_with("### write-ack — FAIL"), "{md}");
-        assert!(md.contains("| failure: OP_REJECTED (403) | 1 × (e.g. op 3: write access denied \\| map x) |"), "{md}");
+        assert!(
+            md.contains(
+                "| failure: OP_REJECTED (403) | 1 × (e.g. op 3: write access denied \\| map x) |"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_label_names_the_section() {
+        let mut r = sample();
+        r.label = "write-ack-persisted".into();
+        assert!(r
+            .to_markdown()
+            .starts_with("### write-ack-persisted — PASS"));
+        assert!(r.to_json().contains("\"scenario\": \"write-ack\""));
     }
 
     #[test]
@@ -222,7 +288,9 @@ mod tests {
         assert_eq!(text.matches("### write-ack").count(), 2);
         let json = dir.join("r.json");
         r.write_json(&json).expect("write");
-        assert!(std::fs::read_to_string(&json).expect("read back").contains("\"scenario\": \"write-ack\""));
+        assert!(std::fs::read_to_string(&json)
+            .expect("read back")
+            .contains("\"scenario\": \"write-ack\""));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

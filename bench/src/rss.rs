@@ -40,8 +40,14 @@ pub fn parse_status(pid: u32, text: &str) -> Result<RssSample, BenchError> {
             peak = kib(line);
         }
     }
-    let rss_kib = rss.ok_or_else(|| BenchError::Protocol(format!("/proc/{pid}/status has no VmRSS line")))?;
-    Ok(RssSample { pid, name, rss_kib, peak_rss_kib: peak })
+    let rss_kib =
+        rss.ok_or_else(|| BenchError::Protocol(format!("/proc/{pid}/status has no VmRSS line")))?;
+    Ok(RssSample {
+        pid,
+        name,
+        rss_kib,
+        peak_rss_kib: peak,
+    })
 }
 
 /// Reads the memory of process `pid`.
@@ -61,7 +67,15 @@ VmPeak:\t  812345 kB\nVmSize:\t  800000 kB\nVmHWM:\t   65432 kB\nVmRSS:\t   5432
     #[test]
     fn parses_rss_and_peak() {
         let s = parse_status(4242, STATUS).expect("parses");
-        assert_eq!(s, RssSample { pid: 4242, name: "test-server".into(), rss_kib: 54321, peak_rss_kib: Some(65432) });
+        assert_eq!(
+            s,
+            RssSample {
+                pid: 4242,
+                name: "test-server".into(),
+                rss_kib: 54321,
+                peak_rss_kib: Some(65432)
+            }
+        );
     }
 
     #[test]

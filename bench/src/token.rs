@@ -14,10 +14,22 @@ struct Claims<'a> {
 
 /// A token for principal `sub` with role `USER`, valid for `ttl`, signed with `secret`.
 pub fn mint(secret: &str, sub: &str, ttl: Duration) -> Result<String, BenchError> {
-    let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let claims = Claims { sub, roles: ["USER"], iat, exp: iat + ttl.as_secs() };
+    let iat = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = Claims {
+        sub,
+        roles: ["USER"],
+        iat,
+        exp: iat + ttl.as_secs(),
+    };
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    Ok(jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()))?)
+    Ok(jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 #[cfg(test)]
@@ -39,7 +51,11 @@ mod tests {
         assert_eq!(data.claims["roles"], serde_json::json!(["USER"]));
         let iat = data.claims["iat"].as_u64().expect("iat");
         assert_eq!(data.claims["exp"].as_u64(), Some(iat + 3600));
-        let wrong = jsonwebtoken::decode::<serde_json::Value>(&token, &jsonwebtoken::DecodingKey::from_secret(b"other"), &validation);
+        let wrong = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"other"),
+            &validation,
+        );
         assert!(wrong.is_err());
     }
 }

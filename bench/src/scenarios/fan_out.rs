@@ -29,24 +29,44 @@ struct Seen {
 }
 
 /// Sends QUERY_SUB and waits for its QUERY_RESP.
-async fn subscribe(mut conn: Conn, query_id: String, map_name: String, timeout: Duration) -> Result<(Conn, String), BenchError> {
+async fn subscribe(
+    mut conn: Conn,
+    query_id: String,
+    map_name: String,
+    timeout: Duration,
+) -> Result<(Conn, String), BenchError> {
     conn.send(&encode::query_sub(&query_id, &map_name)).await?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match conn.recv_timeout(left).await? {
-            Some(ServerMsg::QueryResp { query_id: q, .. }) if q == query_id => return Ok((conn, query_id)),
+            Some(ServerMsg::QueryResp { query_id: q, .. }) if q == query_id => {
+                return Ok((conn, query_id))
+            }
             Some(ServerMsg::Error { code, message }) => {
-                return Err(BenchError::Setup(format!("QUERY_SUB on {map_name} answered with ERROR {code:?}: {message}")));
+                return Err(BenchError::Setup(format!(
+                    "QUERY_SUB on {map_name} answered with ERROR {code:?}: {message}"
+                )));
             }
             Some(_) => continue,
-            None => return Err(BenchError::Timeout(timeout, format!("QUERY_RESP for {query_id}"))),
+            None => {
+                return Err(BenchError::Timeout(
+                    timeout,
+                    format!("QUERY_RESP for {query_id}"),
+                ))
+            }
         }
     }
 }
 
 /// Reads QUERY_UPDATEs until told to stop.
-async fn listen(mut conn: Conn, query_id: String, epoch: Instant, delivered: Arc<AtomicU64>, mut stop: watch::Receiver<bool>) -> Seen {
+async fn listen(
+    mut conn: Conn,
+    query_id: String,
+    epoch: Instant,
+    delivered: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) -> Seen {
     let mut seen = Seen::default();
     loop {
         let msg = tokio::select! {
@@ -54,26 +74,40 @@ async fn listen(mut conn: Conn, query_id: String, epoch: Instant, delivered: Arc
             msg = conn.recv() => msg,
         };
         match msg {
-            Ok(ServerMsg::QueryUpdate { query_id: q, key, change_type, value }) if q == query_id => {
+            Ok(ServerMsg::QueryUpdate {
+                query_id: q,
+                key,
+                change_type,
+                value,
+            }) if q == query_id => {
                 let now = epoch.elapsed();
                 let seq = field(&value, "seq").and_then(as_u64);
                 let sent = field(&value, "sentMicros").and_then(as_u64);
                 match (seq, sent) {
                     (Some(seq), Some(sent)) => {
-                        seen.updates.push((seq, now.saturating_sub(Duration::from_micros(sent))));
+                        seen.updates
+                            .push((seq, now.saturating_sub(Duration::from_micros(sent))));
                         delivered.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ => seen.failures.add(&Failure::new(FailureKind::Unexpected, format!("{change_type} for {key} without the written value: {value}"))),
+                    _ => seen.failures.add(&Failure::new(
+                        FailureKind::Unexpected,
+                        format!("{change_type} for {key} without the written value: {value}"),
+                    )),
                 }
             }
             Ok(ServerMsg::ServerEvents { count }) => seen.server_events += count as u64,
-            Ok(ServerMsg::Error { code, message }) => seen.failures.add(&Failure::new(FailureKind::ProtocolError { code }, message)),
+            Ok(ServerMsg::Error { code, message }) => seen
+                .failures
+                .add(&Failure::new(FailureKind::ProtocolError { code }, message)),
             Ok(_) => {}
             Err(BenchError::Disconnected(why)) => {
-                seen.failures.add(&Failure::new(FailureKind::Disconnected, why));
+                seen.failures
+                    .add(&Failure::new(FailureKind::Disconnected, why));
                 return seen;
             }
-            Err(e) => seen.failures.add(&Failure::new(FailureKind::Unexpected, e.to_string())),
+            Err(e) => seen
+                .failures
+                .add(&Failure::new(FailureKind::Unexpected, e.to_string())),
         }
     }
     conn.close().await;
@@ -83,14 +117,20 @@ async fn listen(mut conn: Conn, query_id: String, epoch: Instant, delivered: Arc
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
     if args.subscribers == 0 || args.keys == 0 {
-        return Err(BenchError::InvalidOption("--subscribers and --keys must be at least 1".into()));
+        return Err(BenchError::InvalidOption(
+            "--subscribers and --keys must be at least 1".into(),
+        ));
     }
     let map_name = ctx.map_name(&args.map, "fanout");
     let conns = ctx.connect_many(args.subscribers).await?;
-    let subscriptions = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, c)| subscribe(c, format!("bench-{}-q{i}", ctx.run_id), map_name.clone(), ctx.response_timeout));
+    let subscriptions = conns.into_iter().enumerate().map(|(i, c)| {
+        subscribe(
+            c,
+            format!("bench-{}-q{i}", ctx.run_id),
+            map_name.clone(),
+            ctx.response_timeout,
+        )
+    });
     let subscribed = futures::future::try_join_all(subscriptions).await?;
 
     let epoch = Instant::now();
@@ -98,7 +138,9 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let listeners: Vec<_> = subscribed
         .into_iter()
-        .map(|(conn, qid)| tokio::spawn(listen(conn, qid, epoch, delivered.clone(), stop_rx.clone())))
+        .map(|(conn, qid)| {
+            tokio::spawn(listen(conn, qid, epoch, delivered.clone(), stop_rx.clone()))
+        })
         .collect();
 
     let mut writer = ctx.connect().await?;
@@ -113,9 +155,16 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
     while Instant::now() < deadline {
         seq += 1;
         let sent_micros = epoch.elapsed().as_micros() as u64;
-        let value = map(vec![("seq", Value::from(seq)), ("sentMicros", Value::from(sent_micros))]);
+        let value = map(vec![
+            ("seq", Value::from(seq)),
+            ("sentMicros", Value::from(sent_micros)),
+        ]);
         let (msg, first_id, last_id) = builder.batch([(format!("k{}", seq % args.keys), value)]);
-        tracker.sent(SentBatch { first_id, last_id, sent_at: Instant::now() });
+        tracker.sent(SentBatch {
+            first_id,
+            last_id,
+            sent_at: Instant::now(),
+        });
         writes.batches += 1;
         writes.ops_sent += 1;
         writer.send(&msg).await?;
@@ -125,7 +174,9 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
         }
         writes.add_settled(&settled);
         if let Some(why) = settled.disconnected {
-            return Err(BenchError::Disconnected(format!("the fan-out writer lost its connection: {why}")));
+            return Err(BenchError::Disconnected(format!(
+                "the fan-out writer lost its connection: {why}"
+            )));
         }
         tokio::time::sleep(interval.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
@@ -145,7 +196,9 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
     let mut slowest_per_write: HashMap<u64, Duration> = HashMap::new();
     let (mut received, mut server_events, mut missing, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
     for (i, listener) in listeners.into_iter().enumerate() {
-        let seen = listener.await.map_err(|e| BenchError::Setup(format!("subscriber task: {e}")))?;
+        let seen = listener
+            .await
+            .map_err(|e| BenchError::Setup(format!("subscriber task: {e}")))?;
         failures.merge(&seen.failures);
         server_events += seen.server_events;
         let mut got = BTreeSet::new();
@@ -162,7 +215,11 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
         let lost: Vec<u64> = acked_seqs.difference(&got).copied().collect();
         if let Some(first) = lost.first() {
             missing += lost.len() as u64;
-            failures.add_n(&FailureKind::MissingUpdate, lost.len() as u64, &format!("subscriber {i} never got write {first}"));
+            failures.add_n(
+                &FailureKind::MissingUpdate,
+                lost.len() as u64,
+                &format!("subscriber {i} never got write {first}"),
+            );
         }
     }
     let mut all = LatencyRecorder::new();
@@ -185,11 +242,25 @@ pub async fn run(ctx: &Ctx, args: &FanOutArgs) -> Result<Report, BenchError> {
         .metric("updates received", received as f64, "updates")
         .metric("updates missing", missing as f64, "updates")
         .metric("duplicate updates", duplicates as f64, "updates")
-        .metric("updates delivered/s", received as f64 / secs(write_phase), "updates/s")
-        .metric("SERVER_EVENTs received by subscribers", server_events as f64, "events");
-    report.latencies.push(each.summary("write → QUERY_UPDATE (each subscriber)"));
-    report.latencies.push(all.summary("write → QUERY_UPDATE on the last subscriber"));
-    report.latencies.push(writes.latency.summary("writer OP_BATCH → OP_ACK"));
+        .metric(
+            "updates delivered/s",
+            received as f64 / secs(write_phase),
+            "updates/s",
+        )
+        .metric(
+            "SERVER_EVENTs received by subscribers",
+            server_events as f64,
+            "events",
+        );
+    report
+        .latencies
+        .push(each.summary("write → QUERY_UPDATE (each subscriber)"));
+    report
+        .latencies
+        .push(all.summary("write → QUERY_UPDATE on the last subscriber"));
+    report
+        .latencies
+        .push(writes.latency.summary("writer OP_BATCH → OP_ACK"));
     report.set_failures(&failures);
     Ok(report)
 }

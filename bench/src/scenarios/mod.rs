@@ -7,8 +7,8 @@ pub mod seed;
 pub mod write_ack;
 pub mod write_flood;
 
-use crate::clock::Hlc;
 use crate::cli::{CommonArgs, ScenarioArgs};
+use crate::clock::Hlc;
 use crate::conn::{Auth, Conn, ConnReader, ConnectOptions};
 use crate::encode::{self, map, PutOp};
 use crate::error::BenchError;
@@ -47,13 +47,23 @@ impl Ctx {
         } else if let Some(token) = &common.token {
             Auth::Token(token.clone())
         } else {
-            Auth::Token(crate::token::mint(&common.jwt_secret, "topgun-bench", Duration::from_secs(24 * 3600))?)
+            Auth::Token(crate::token::mint(
+                &common.jwt_secret,
+                "topgun-bench",
+                Duration::from_secs(24 * 3600),
+            )?)
         };
         if common.connect_parallelism == 0 {
-            return Err(BenchError::InvalidOption("--connect-parallelism must be at least 1".into()));
+            return Err(BenchError::InvalidOption(
+                "--connect-parallelism must be at least 1".into(),
+            ));
         }
         Ok(Ctx {
-            connect: ConnectOptions { url: common.url.clone(), auth, handshake_timeout: Duration::from_millis(common.response_timeout_ms) },
+            connect: ConnectOptions {
+                url: common.url.clone(),
+                auth,
+                handshake_timeout: Duration::from_millis(common.response_timeout_ms),
+            },
             duration: Duration::from_secs(common.duration),
             response_timeout: Duration::from_millis(common.response_timeout_ms),
             connect_parallelism: common.connect_parallelism,
@@ -68,7 +78,9 @@ impl Ctx {
 
     /// A map name unique to this run unless the user chose one.
     pub fn map_name(&self, chosen: &Option<String>, scenario: &str) -> String {
-        chosen.clone().unwrap_or_else(|| format!("bench-{scenario}-{}", self.run_id))
+        chosen
+            .clone()
+            .unwrap_or_else(|| format!("bench-{scenario}-{}", self.run_id))
     }
 
     /// One authenticated connection.
@@ -84,13 +96,18 @@ impl Ctx {
         for _ in 0..n {
             let (limit, opts) = (limit.clone(), self.connect.clone());
             tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire_owned().await.map_err(|e| BenchError::Setup(e.to_string()))?;
+                let _permit = limit
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))?;
                 Conn::connect(&opts).await
             }));
         }
         let mut conns = Vec::with_capacity(n);
         for (i, task) in tasks.into_iter().enumerate() {
-            let conn = task.await.map_err(|e| BenchError::Setup(format!("connection task {i}: {e}")))??;
+            let conn = task
+                .await
+                .map_err(|e| BenchError::Setup(format!("connection task {i}: {e}")))??;
             conns.push(conn);
         }
         Ok(conns)
@@ -109,7 +126,9 @@ pub async fn run(ctx: &Ctx, scenario: &ScenarioArgs, pids: &[u32]) -> Result<Rep
     for &pid in pids {
         match crate::rss::sample(pid) {
             Ok(s) => report.rss.push(s),
-            Err(e) => report.notes.push(format!("memory of pid {pid} not available: {e}")),
+            Err(e) => report
+                .notes
+                .push(format!("memory of pid {pid} not available: {e}")),
         }
     }
     Ok(report)
@@ -117,7 +136,10 @@ pub async fn run(ctx: &Ctx, scenario: &ScenarioArgs, pids: &[u32]) -> Result<Rep
 
 /// A value of roughly `pad + 20` bytes: a counter and a string payload.
 pub fn padded_value(n: u64, pad: usize) -> Value {
-    map(vec![("n", Value::from(n)), ("pad", Value::from("x".repeat(pad)))])
+    map(vec![
+        ("n", Value::from(n)),
+        ("pad", Value::from("x".repeat(pad))),
+    ])
 }
 
 /// A text document made of eight words of `vocabulary`, chosen deterministically from `n`
@@ -132,7 +154,10 @@ pub fn document_value(n: u64, vocabulary: &[&str]) -> Value {
             vocabulary[(x >> 33) as usize % vocabulary.len()]
         })
         .collect();
-    map(vec![("title", Value::from(format!("document {n} {}", words[0]))), ("body", Value::from(words[1..].join(" ")))])
+    map(vec![
+        ("title", Value::from(format!("document {n} {}", words[0]))),
+        ("body", Value::from(words[1..].join(" "))),
+    ])
 }
 
 /// Builds OP_BATCHes for one connection: increasing op ids and HLC timestamps.
@@ -148,28 +173,51 @@ pub struct BatchBuilder {
 impl BatchBuilder {
     /// A builder for `map_name` with timestamps from a clock named `node_id`.
     pub fn new(node_id: String, map_name: String) -> Self {
-        BatchBuilder { hlc: Hlc::new(node_id), next_id: 1, map_name, write_concern: None, write_timeout_ms: None }
+        BatchBuilder {
+            hlc: Hlc::new(node_id),
+            next_id: 1,
+            map_name,
+            write_concern: None,
+            write_timeout_ms: None,
+        }
     }
 
     /// Requests `level` (with `timeout_ms`) for every batch.
-    pub fn with_write_concern(mut self, level: Option<WriteConcern>, timeout_ms: Option<u64>) -> Self {
+    pub fn with_write_concern(
+        mut self,
+        level: Option<WriteConcern>,
+        timeout_ms: Option<u64>,
+    ) -> Self {
         self.write_concern = level;
         self.write_timeout_ms = timeout_ms;
         self
     }
 
     /// The OP_BATCH for `entries` and its id range (first, last).
-    pub fn batch(&mut self, entries: impl IntoIterator<Item = (String, Value)>) -> (Value, u64, u64) {
+    pub fn batch(
+        &mut self,
+        entries: impl IntoIterator<Item = (String, Value)>,
+    ) -> (Value, u64, u64) {
         let first = self.next_id;
         let ops: Vec<PutOp> = entries
             .into_iter()
             .map(|(key, value)| {
                 let id = self.next_id;
                 self.next_id += 1;
-                PutOp { id, map_name: self.map_name.clone(), key, value, timestamp: self.hlc.now() }
+                PutOp {
+                    id,
+                    map_name: self.map_name.clone(),
+                    key,
+                    value,
+                    timestamp: self.hlc.now(),
+                }
             })
             .collect();
-        (encode::op_batch(&ops, self.write_concern, self.write_timeout_ms), first, self.next_id - 1)
+        (
+            encode::op_batch(&ops, self.write_concern, self.write_timeout_ms),
+            first,
+            self.next_id - 1,
+        )
     }
 }
 
@@ -198,12 +246,16 @@ pub async fn settle(reader: &mut ConnReader, tracker: &mut InFlight) -> Settled 
             Ok(None) => settled.outcomes.extend(tracker.expire(Instant::now())),
             Err(BenchError::Disconnected(why)) => {
                 let failure = Failure::new(FailureKind::Disconnected, why.clone());
-                settled.outcomes.extend(tracker.abandon(Instant::now(), &failure));
+                settled
+                    .outcomes
+                    .extend(tracker.abandon(Instant::now(), &failure));
                 settled.disconnected = Some(why);
                 break;
             }
             // An undecodable frame is the server's fault: count it and keep reading.
-            Err(e) => settled.unattributed.push(Failure::new(FailureKind::Unexpected, e.to_string())),
+            Err(e) => settled
+                .unattributed
+                .push(Failure::new(FailureKind::Unexpected, e.to_string())),
         }
     }
     settled
@@ -269,21 +321,36 @@ mod tests {
 
     #[test]
     fn batches_have_consecutive_ids_and_increasing_timestamps() {
-        let mut b = BatchBuilder::new("n1".into(), "m".into()).with_write_concern(Some(WriteConcern::Persisted), Some(3000));
+        let mut b = BatchBuilder::new("n1".into(), "m".into())
+            .with_write_concern(Some(WriteConcern::Persisted), Some(3000));
         let (msg, first, last) = b.batch((0..3).map(|i| (format!("k{i}"), Value::from(i))));
         assert_eq!((first, last), (1, 3));
         let (_, first2, last2) = b.batch([("k".to_string(), Value::Nil)]);
         assert_eq!((first2, last2), (4, 4));
         let payload = field(&msg, "payload").expect("payload");
-        assert_eq!(field(payload, "writeConcern").and_then(Value::as_str), Some("PERSISTED"));
-        let ops = field(payload, "ops").and_then(Value::as_array).expect("ops");
+        assert_eq!(
+            field(payload, "writeConcern").and_then(Value::as_str),
+            Some("PERSISTED")
+        );
+        let ops = field(payload, "ops")
+            .and_then(Value::as_array)
+            .expect("ops");
         let ts: Vec<_> = ops
             .iter()
-            .map(|op| crate::decode::timestamp(field(op, "timestamp").expect("timestamp"), "test").expect("timestamp decodes"))
+            .map(|op| {
+                crate::decode::timestamp(field(op, "timestamp").expect("timestamp"), "test")
+                    .expect("timestamp decodes")
+            })
             .collect();
         assert!(ts.windows(2).all(|w| w[0] < w[1]), "{ts:?}");
-        let ids: Vec<_> = ops.iter().map(|op| field(op, "id").and_then(Value::as_str).map(str::to_string)).collect();
-        assert_eq!(ids, vec![Some("1".into()), Some("2".into()), Some("3".into())]);
+        let ids: Vec<_> = ops
+            .iter()
+            .map(|op| field(op, "id").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![Some("1".into()), Some("2".into()), Some("3".into())]
+        );
     }
 
     #[test]
@@ -291,11 +358,18 @@ mod tests {
         let mut totals = WriteTotals::default();
         let settled = Settled {
             outcomes: vec![
-                BatchOutcome { ops: 10, latency: Duration::from_millis(2), failures: vec![] },
                 BatchOutcome {
                     ops: 10,
                     latency: Duration::from_millis(2),
-                    failures: vec![Failure::new(FailureKind::OpRejected { code: Some(403) }, "denied")],
+                    failures: vec![],
+                },
+                BatchOutcome {
+                    ops: 10,
+                    latency: Duration::from_millis(2),
+                    failures: vec![Failure::new(
+                        FailureKind::OpRejected { code: Some(403) },
+                        "denied",
+                    )],
                 },
             ],
             unattributed: vec![Failure::new(FailureKind::UnexpectedAck, "lastId 99")],
@@ -313,7 +387,10 @@ mod tests {
         let vocab = ["alpha", "bravo", "charlie"];
         assert_eq!(document_value(5, &vocab), document_value(5, &vocab));
         assert_ne!(document_value(5, &vocab), document_value(6, &vocab));
-        let body = field(&document_value(9, &vocab), "body").and_then(Value::as_str).map(str::to_string).expect("body");
+        let body = field(&document_value(9, &vocab), "body")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .expect("body");
         assert_eq!(body.split(' ').count(), 7);
         assert!(body.split(' ').all(|w| vocab.contains(&w)), "{body}");
     }

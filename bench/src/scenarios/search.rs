@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 /// Words documents are made of and queries ask for.
 pub const VOCABULARY: [&str; 24] = [
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett", "kilo", "lima", "mike", "november",
-    "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray",
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett",
+    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+    "uniform", "victor", "whiskey", "xray",
 ];
 
 /// The outcome of one SEARCH.
@@ -29,16 +30,39 @@ pub enum SearchOutcome {
 }
 
 /// Sends one SEARCH and waits for the SEARCH_RESP with the same request id.
-pub async fn search_once(conn: &mut Conn, request_id: &str, map_name: &str, query: &str, limit: u32, timeout: Duration) -> Result<SearchOutcome, BenchError> {
-    conn.send(&encode::search(request_id, map_name, query, limit)).await?;
+pub async fn search_once(
+    conn: &mut Conn,
+    request_id: &str,
+    map_name: &str,
+    query: &str,
+    limit: u32,
+    timeout: Duration,
+) -> Result<SearchOutcome, BenchError> {
+    conn.send(&encode::search(request_id, map_name, query, limit))
+        .await?;
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let msg = match conn.recv_timeout(left).await {
             Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(SearchOutcome::Failed(Failure::new(FailureKind::NoResponse, format!("no SEARCH_RESP for {request_id} within {timeout:?}")))),
-            Err(BenchError::Disconnected(why)) => return Ok(SearchOutcome::Failed(Failure::new(FailureKind::Disconnected, why))),
-            Err(e) => return Ok(SearchOutcome::Failed(Failure::new(FailureKind::Unexpected, e.to_string()))),
+            Ok(None) => {
+                return Ok(SearchOutcome::Failed(Failure::new(
+                    FailureKind::NoResponse,
+                    format!("no SEARCH_RESP for {request_id} within {timeout:?}"),
+                )))
+            }
+            Err(BenchError::Disconnected(why)) => {
+                return Ok(SearchOutcome::Failed(Failure::new(
+                    FailureKind::Disconnected,
+                    why,
+                )))
+            }
+            Err(e) => {
+                return Ok(SearchOutcome::Failed(Failure::new(
+                    FailureKind::Unexpected,
+                    e.to_string(),
+                )))
+            }
         };
         if let Some(outcome) = classify(&msg, request_id) {
             return Ok(outcome);
@@ -49,12 +73,24 @@ pub async fn search_once(conn: &mut Conn, request_id: &str, map_name: &str, quer
 /// What `msg` means for the search `request_id`; `None` when it is about something else.
 pub fn classify(msg: &ServerMsg, request_id: &str) -> Option<SearchOutcome> {
     match msg {
-        ServerMsg::SearchResp { request_id: r, error: Some(error), .. } if r == request_id => {
-            Some(SearchOutcome::Failed(Failure::new(FailureKind::SearchError, error.clone())))
-        }
-        ServerMsg::SearchResp { request_id: r, results, error: None } if r == request_id => Some(SearchOutcome::Results(*results)),
+        ServerMsg::SearchResp {
+            request_id: r,
+            error: Some(error),
+            ..
+        } if r == request_id => Some(SearchOutcome::Failed(Failure::new(
+            FailureKind::SearchError,
+            error.clone(),
+        ))),
+        ServerMsg::SearchResp {
+            request_id: r,
+            results,
+            error: None,
+        } if r == request_id => Some(SearchOutcome::Results(*results)),
         // Answers come in request order and only one search is outstanding per connection.
-        ServerMsg::Error { code, message } => Some(SearchOutcome::Failed(Failure::new(FailureKind::ProtocolError { code: *code }, message.clone()))),
+        ServerMsg::Error { code, message } => Some(SearchOutcome::Failed(Failure::new(
+            FailureKind::ProtocolError { code: *code },
+            message.clone(),
+        ))),
         _ => None,
     }
 }
@@ -98,16 +134,28 @@ impl Totals {
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &SearchArgs) -> Result<Report, BenchError> {
     if args.connections == 0 || args.records == 0 {
-        return Err(BenchError::InvalidOption("--connections and --records must be at least 1".into()));
+        return Err(BenchError::InvalidOption(
+            "--connections and --records must be at least 1".into(),
+        ));
     }
     let map_name = ctx.map_name(&args.map, "search");
-    let docs = (0..args.records).map(|i| (format!("doc-{i}"), document_value(i, &VOCABULARY))).collect();
+    let docs = (0..args.records)
+        .map(|i| (format!("doc-{i}"), document_value(i, &VOCABULARY)))
+        .collect();
     seed(ctx, &map_name, docs, 500, 2, "seed").await?;
 
     // The first search may build the index from storage; measured on its own.
     let mut probe = ctx.connect().await?;
     let t0 = Instant::now();
-    let first = search_once(&mut probe, &format!("bench-{}-probe", ctx.run_id), &map_name, VOCABULARY[0], args.limit, ctx.response_timeout).await?;
+    let first = search_once(
+        &mut probe,
+        &format!("bench-{}-probe", ctx.run_id),
+        &map_name,
+        VOCABULARY[0],
+        args.limit,
+        ctx.response_timeout,
+    )
+    .await?;
     let first_latency = t0.elapsed();
     probe.close().await;
     let mut totals = Totals::default();
@@ -122,7 +170,12 @@ pub async fn run(ctx: &Ctx, args: &SearchArgs) -> Result<Report, BenchError> {
     let deadline = start + ctx.duration;
     let mut tasks = Vec::new();
     for (i, mut conn) in conns.into_iter().enumerate() {
-        let (map_name, run_id, limit, timeout) = (map_name.clone(), ctx.run_id.clone(), args.limit, ctx.response_timeout);
+        let (map_name, run_id, limit, timeout) = (
+            map_name.clone(),
+            ctx.run_id.clone(),
+            args.limit,
+            ctx.response_timeout,
+        );
         let interval = Duration::from_millis(args.interval_ms);
         tasks.push(tokio::spawn(async move {
             let mut t = Totals::default();
@@ -147,7 +200,11 @@ pub async fn run(ctx: &Ctx, args: &SearchArgs) -> Result<Report, BenchError> {
     }
     let mut load = Totals::default();
     for task in tasks {
-        load.merge(&task.await.map_err(|e| BenchError::Setup(format!("search task: {e}")))??);
+        load.merge(
+            &task
+                .await
+                .map_err(|e| BenchError::Setup(format!("search task: {e}")))??,
+        );
     }
     let elapsed = start.elapsed();
     totals.merge(&load);
@@ -161,17 +218,38 @@ pub async fn run(ctx: &Ctx, args: &SearchArgs) -> Result<Report, BenchError> {
         .param("interval_ms", args.interval_ms)
         .param("duration_s", ctx.duration.as_secs());
     report
-        .metric("first search (may build the index)", first_latency.as_secs_f64() * 1000.0, "ms")
+        .metric(
+            "first search (may build the index)",
+            first_latency.as_secs_f64() * 1000.0,
+            "ms",
+        )
         .metric("first search results", first_results as f64, "results")
-        .metric("searches answered/s", load.ok as f64 / secs(elapsed), "searches/s")
+        .metric(
+            "searches answered/s",
+            load.ok as f64 / secs(elapsed),
+            "searches/s",
+        )
         .metric("searches sent", totals.sent as f64, "searches")
         .metric("searches answered", totals.ok as f64, "searches")
-        .metric("mean results per answer", if totals.ok == 0 { 0.0 } else { totals.results as f64 / totals.ok as f64 }, "results")
+        .metric(
+            "mean results per answer",
+            if totals.ok == 0 {
+                0.0
+            } else {
+                totals.results as f64 / totals.ok as f64
+            },
+            "results",
+        )
         .metric("answers with no result", totals.empty as f64, "searches");
     if totals.ok > 0 && totals.results == 0 {
-        report.notes.push(format!("every answer was empty although {} documents contain the queried words", args.records));
+        report.notes.push(format!(
+            "every answer was empty although {} documents contain the queried words",
+            args.records
+        ));
     }
-    report.latencies.push(load.latency.summary("SEARCH → SEARCH_RESP"));
+    report
+        .latencies
+        .push(load.latency.summary("SEARCH → SEARCH_RESP"));
     report.set_failures(&totals.failures);
     Ok(report)
 }
@@ -182,19 +260,38 @@ mod tests {
 
     #[test]
     fn a_search_resp_with_error_is_a_failure_not_a_result() {
-        let msg = ServerMsg::SearchResp { request_id: "r1".into(), results: 0, error: Some("not implemented: search service not configured".into()) };
-        let Some(SearchOutcome::Failed(f)) = classify(&msg, "r1") else { panic!("not a failure") };
+        let msg = ServerMsg::SearchResp {
+            request_id: "r1".into(),
+            results: 0,
+            error: Some("not implemented: search service not configured".into()),
+        };
+        let Some(SearchOutcome::Failed(f)) = classify(&msg, "r1") else {
+            panic!("not a failure")
+        };
         assert_eq!(f.kind, FailureKind::SearchError);
         assert!(f.detail.contains("not configured"));
     }
 
     #[test]
     fn results_are_matched_by_request_id() {
-        let ok = ServerMsg::SearchResp { request_id: "r2".into(), results: 4, error: None };
+        let ok = ServerMsg::SearchResp {
+            request_id: "r2".into(),
+            results: 4,
+            error: None,
+        };
         assert_eq!(classify(&ok, "r2"), Some(SearchOutcome::Results(4)));
         assert_eq!(classify(&ok, "r1"), None, "a stale answer is not ours");
-        let err = ServerMsg::Error { code: Some(429), message: "server overloaded, try again later".into() };
-        assert!(matches!(classify(&err, "r2"), Some(SearchOutcome::Failed(Failure { kind: FailureKind::ProtocolError { code: Some(429) }, .. }))));
+        let err = ServerMsg::Error {
+            code: Some(429),
+            message: "server overloaded, try again later".into(),
+        };
+        assert!(matches!(
+            classify(&err, "r2"),
+            Some(SearchOutcome::Failed(Failure {
+                kind: FailureKind::ProtocolError { code: Some(429) },
+                ..
+            }))
+        ));
         assert_eq!(classify(&ServerMsg::ServerEvents { count: 1 }, "r2"), None);
     }
 
@@ -203,7 +300,10 @@ mod tests {
         let mut t = Totals::default();
         t.add(SearchOutcome::Results(3), Duration::from_millis(2));
         t.add(SearchOutcome::Results(0), Duration::from_millis(2));
-        t.add(SearchOutcome::Failed(Failure::new(FailureKind::SearchError, "x")), Duration::from_millis(2));
+        t.add(
+            SearchOutcome::Failed(Failure::new(FailureKind::SearchError, "x")),
+            Duration::from_millis(2),
+        );
         assert_eq!((t.sent, t.ok, t.results, t.empty), (3, 2, 3, 1));
         assert_eq!(t.latency.count(), 2);
         assert_eq!(t.failures.total(), 1);

@@ -26,7 +26,9 @@ pub async fn seed(
     role: &str,
 ) -> Result<Seeded, BenchError> {
     if batch_size == 0 || connections == 0 {
-        return Err(BenchError::InvalidOption("seeding needs a batch size and connections of at least 1".into()));
+        return Err(BenchError::InvalidOption(
+            "seeding needs a batch size and connections of at least 1".into(),
+        ));
     }
     let total = entries.len() as u64;
     let mut shares: Vec<Vec<(String, Value)>> = (0..connections).map(|_| Vec::new()).collect();
@@ -45,12 +47,24 @@ pub async fn seed(
             let mut rest = share.into_iter().peekable();
             while rest.peek().is_some() {
                 let (msg, first_id, last_id) = builder.batch(rest.by_ref().take(batch_size));
-                tracker.sent(SentBatch { first_id, last_id, sent_at: Instant::now() });
+                tracker.sent(SentBatch {
+                    first_id,
+                    last_id,
+                    sent_at: Instant::now(),
+                });
                 conn.send(&msg).await?;
                 let settled = settle(&mut conn.reader, &mut tracker).await;
-                let failure = settled.outcomes.iter().flat_map(|o| o.failures.iter()).chain(settled.unattributed.iter()).next();
+                let failure = settled
+                    .outcomes
+                    .iter()
+                    .flat_map(|o| o.failures.iter())
+                    .chain(settled.unattributed.iter())
+                    .next();
                 if let Some(f) = failure {
-                    return Err(BenchError::Setup(format!("writing {map_name} was refused: {}: {}", f.kind, f.detail)));
+                    return Err(BenchError::Setup(format!(
+                        "writing {map_name} was refused: {}: {}",
+                        f.kind, f.detail
+                    )));
                 }
             }
             conn.close().await;
@@ -58,7 +72,11 @@ pub async fn seed(
         }));
     }
     for task in tasks {
-        task.await.map_err(|e| BenchError::Setup(format!("seeding task: {e}")))??;
+        task.await
+            .map_err(|e| BenchError::Setup(format!("seeding task: {e}")))??;
     }
-    Ok(Seeded { ops: total, elapsed: start.elapsed() })
+    Ok(Seeded {
+        ops: total,
+        elapsed: start.elapsed(),
+    })
 }

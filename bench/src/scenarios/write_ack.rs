@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
     if args.connections == 0 || args.batch_size == 0 || args.key_space == 0 {
-        return Err(BenchError::InvalidOption("--connections, --batch-size and --key-space must be at least 1".into()));
+        return Err(BenchError::InvalidOption(
+            "--connections, --batch-size and --key-space must be at least 1".into(),
+        ));
     }
     let map_name = ctx.map_name(&args.map, "write");
     let conns = ctx.connect_many(args.connections).await?;
@@ -21,16 +23,25 @@ pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
     let interval = Duration::from_millis(args.interval_ms);
     let mut tasks = Vec::with_capacity(conns.len());
     for (i, conn) in conns.into_iter().enumerate() {
-        let builder =
-            BatchBuilder::new(ctx.node_id("w", i), map_name.clone()).with_write_concern(args.write_concern, args.write_timeout_ms);
+        let builder = BatchBuilder::new(ctx.node_id("w", i), map_name.clone())
+            .with_write_concern(args.write_concern, args.write_timeout_ms);
         // Spread the first sends over one interval so the connections do not move in lockstep.
         let offset = interval.mul_f64(i as f64 / args.connections as f64);
-        let worker = Worker { index: i, args: args.clone(), builder, deadline, offset, timeout: ctx.response_timeout };
+        let worker = Worker {
+            index: i,
+            args: args.clone(),
+            builder,
+            deadline,
+            offset,
+            timeout: ctx.response_timeout,
+        };
         tasks.push(tokio::spawn(worker.run(conn)));
     }
     let mut totals = WriteTotals::default();
     for task in tasks {
-        let t = task.await.map_err(|e| BenchError::Setup(format!("writer task: {e}")))?;
+        let t = task
+            .await
+            .map_err(|e| BenchError::Setup(format!("writer task: {e}")))?;
         totals.merge(&t);
     }
     let elapsed = start.elapsed();
@@ -43,15 +54,33 @@ pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
         .param("interval_ms", args.interval_ms)
         .param("duration_s", ctx.duration.as_secs())
         .param("value_bytes", args.value_bytes)
-        .param("write_concern", args.write_concern.map_or_else(|| "default".to_string(), |w| w.to_string()));
+        .param(
+            "write_concern",
+            args.write_concern
+                .map_or_else(|| "default".to_string(), |w| w.to_string()),
+        );
     report
-        .metric("acked ops/s", totals.ops_acked as f64 / secs(elapsed), "ops/s")
+        .metric(
+            "acked ops/s",
+            totals.ops_acked as f64 / secs(elapsed),
+            "ops/s",
+        )
         .metric("ops sent", totals.ops_sent as f64, "ops")
         .metric("ops acked", totals.ops_acked as f64, "ops")
-        .metric("acked/sent", if totals.ops_sent == 0 { 0.0 } else { totals.ops_acked as f64 / totals.ops_sent as f64 }, "ratio")
+        .metric(
+            "acked/sent",
+            if totals.ops_sent == 0 {
+                0.0
+            } else {
+                totals.ops_acked as f64 / totals.ops_sent as f64
+            },
+            "ratio",
+        )
         .metric("batches sent", totals.batches as f64, "batches")
         .metric("disconnects", totals.disconnects as f64, "connections");
-    report.latencies.push(totals.latency.summary("OP_BATCH → OP_ACK"));
+    report
+        .latencies
+        .push(totals.latency.summary("OP_BATCH → OP_ACK"));
     report.set_failures(&totals.failures);
     Ok(report)
 }
@@ -76,16 +105,27 @@ impl Worker {
             let (index, key_space, pad) = (self.index, self.args.key_space, self.args.value_bytes);
             let entries = (0..self.args.batch_size).map(|_| {
                 seq += 1;
-                (format!("c{index}-k{}", seq % key_space), padded_value(seq, pad))
+                (
+                    format!("c{index}-k{}", seq % key_space),
+                    padded_value(seq, pad),
+                )
             });
             let (msg, first_id, last_id) = self.builder.batch(entries);
-            tracker.sent(SentBatch { first_id, last_id, sent_at: Instant::now() });
+            tracker.sent(SentBatch {
+                first_id,
+                last_id,
+                sent_at: Instant::now(),
+            });
             totals.batches += 1;
             totals.ops_sent += last_id - first_id + 1;
             if let Err(e) = conn.send(&msg).await {
                 let gone = Failure::new(FailureKind::Disconnected, e.to_string());
                 let outcomes = tracker.abandon(Instant::now(), &gone);
-                totals.add_settled(&Settled { outcomes, unattributed: Vec::new(), disconnected: Some(e.to_string()) });
+                totals.add_settled(&Settled {
+                    outcomes,
+                    unattributed: Vec::new(),
+                    disconnected: Some(e.to_string()),
+                });
                 return totals;
             }
             let settled = settle(&mut conn.reader, &mut tracker).await;

@@ -16,7 +16,9 @@ use tokio::sync::{watch, Notify};
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &WriteFloodArgs) -> Result<Report, BenchError> {
     if args.connections == 0 || args.batch_size == 0 || args.key_space == 0 {
-        return Err(BenchError::InvalidOption("--connections, --batch-size and --key-space must be at least 1".into()));
+        return Err(BenchError::InvalidOption(
+            "--connections, --batch-size and --key-space must be at least 1".into(),
+        ));
     }
     let map_name = ctx.map_name(&args.map, "flood");
     let conns = ctx.connect_many(args.connections).await?;
@@ -25,14 +27,21 @@ pub async fn run(ctx: &Ctx, args: &WriteFloodArgs) -> Result<Report, BenchError>
     let mut tasks = Vec::with_capacity(conns.len());
     for (i, conn) in conns.into_iter().enumerate() {
         let builder = BatchBuilder::new(ctx.node_id("f", i), map_name.clone());
-        let flood = Flood { index: i, args: args.clone(), deadline, timeout: ctx.response_timeout };
+        let flood = Flood {
+            index: i,
+            args: args.clone(),
+            deadline,
+            timeout: ctx.response_timeout,
+        };
         tasks.push(tokio::spawn(flood.run(conn, builder)));
     }
     let mut totals = WriteTotals::default();
     let mut bytes_sent = 0u64;
     let mut peak_in_flight = 0usize;
     for task in tasks {
-        let r = task.await.map_err(|e| BenchError::Setup(format!("flood task: {e}")))?;
+        let r = task
+            .await
+            .map_err(|e| BenchError::Setup(format!("flood task: {e}")))?;
         totals.merge(&r.totals);
         bytes_sent += r.bytes_sent;
         peak_in_flight = peak_in_flight.max(r.peak_in_flight);
@@ -50,17 +59,44 @@ pub async fn run(ctx: &Ctx, args: &WriteFloodArgs) -> Result<Report, BenchError>
         .param("value_bytes", args.value_bytes);
     report
         .metric("sent ops/s", totals.ops_sent as f64 / flood_secs, "ops/s")
-        .metric("acked ops/s", totals.ops_acked as f64 / secs(elapsed), "ops/s")
+        .metric(
+            "acked ops/s",
+            totals.ops_acked as f64 / secs(elapsed),
+            "ops/s",
+        )
         .metric("ops sent", totals.ops_sent as f64, "ops")
         .metric("ops acked", totals.ops_acked as f64, "ops")
-        .metric("acked/sent", if totals.ops_sent == 0 { 0.0 } else { totals.ops_acked as f64 / totals.ops_sent as f64 }, "ratio")
-        .metric("sent MiB/s", bytes_sent as f64 / 1_048_576.0 / flood_secs, "MiB/s")
-        .metric("peak batches in flight on one connection", peak_in_flight as f64, "batches")
+        .metric(
+            "acked/sent",
+            if totals.ops_sent == 0 {
+                0.0
+            } else {
+                totals.ops_acked as f64 / totals.ops_sent as f64
+            },
+            "ratio",
+        )
+        .metric(
+            "sent MiB/s",
+            bytes_sent as f64 / 1_048_576.0 / flood_secs,
+            "MiB/s",
+        )
+        .metric(
+            "peak batches in flight on one connection",
+            peak_in_flight as f64,
+            "batches",
+        )
         .metric("disconnects", totals.disconnects as f64, "connections");
-    for f in totals.failures.summary().iter().filter(|f| f.kind.starts_with("ERROR")) {
+    for f in totals
+        .failures
+        .summary()
+        .iter()
+        .filter(|f| f.kind.starts_with("ERROR"))
+    {
         report.metric(&format!("{} messages", f.kind), f.count as f64, "messages");
     }
-    report.latencies.push(totals.latency.summary("OP_BATCH → OP_ACK under flood"));
+    report
+        .latencies
+        .push(totals.latency.summary("OP_BATCH → OP_ACK under flood"));
     report.set_failures(&totals.failures);
     Ok(report)
 }
@@ -80,7 +116,9 @@ struct Flood {
 
 fn lock(tracker: &Mutex<InFlight>) -> MutexGuard<'_, InFlight> {
     // A panic while holding the lock leaves plain counters behind: still usable.
-    tracker.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    tracker
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Flood {
@@ -89,35 +127,52 @@ impl Flood {
         // Under a flood, answers queue behind each other: a late OP_ACK is still an OP_ACK and
         // its latency is the finding. Only what is unanswered after the drain time counts as lost.
         let drain = Duration::from_secs(self.args.drain_secs);
-        let patience = self.deadline.saturating_duration_since(Instant::now()) + drain + self.timeout;
+        let patience =
+            self.deadline.saturating_duration_since(Instant::now()) + drain + self.timeout;
         let tracker = Arc::new(Mutex::new(InFlight::new(None, patience, FAILURE_GRACE)));
         let settled_some = Arc::new(Notify::new());
         let gone = Arc::new(AtomicBool::new(false));
         let (done_tx, done_rx) = watch::channel(None::<Instant>);
-        let read = tokio::spawn(read_loop(reader, tracker.clone(), settled_some.clone(), gone.clone(), done_rx, drain));
+        let read = tokio::spawn(read_loop(
+            reader,
+            tracker.clone(),
+            settled_some.clone(),
+            gone.clone(),
+            done_rx,
+            drain,
+        ));
 
         let mut totals = WriteTotals::default();
         let mut peak = 0usize;
         let mut seq = 0u64;
-        while Instant::now() < self.deadline && !gone.load(Ordering::Relaxed) {
-            if self.args.max_in_flight > 0 {
-                while lock(&tracker).len() >= self.args.max_in_flight && !gone.load(Ordering::Relaxed) {
-                    // The reader wakes us on every settled batch; the timeout re-checks the deadline.
-                    let _ = tokio::time::timeout(Duration::from_millis(50), settled_some.notified()).await;
-                    if Instant::now() >= self.deadline {
-                        break;
-                    }
+        'flood: while Instant::now() < self.deadline && !gone.load(Ordering::Relaxed) {
+            while self.args.max_in_flight > 0
+                && lock(&tracker).len() >= self.args.max_in_flight
+                && !gone.load(Ordering::Relaxed)
+            {
+                if Instant::now() >= self.deadline {
+                    break 'flood;
                 }
+                // The reader wakes us on every settled batch; the timeout re-checks the deadline.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(50), settled_some.notified()).await;
             }
             let (index, key_space, pad) = (self.index, self.args.key_space, self.args.value_bytes);
             let entries = (0..self.args.batch_size).map(|_| {
                 seq += 1;
-                (format!("c{index}-k{}", seq % key_space), padded_value(seq, pad))
+                (
+                    format!("c{index}-k{}", seq % key_space),
+                    padded_value(seq, pad),
+                )
             });
             let (msg, first_id, last_id) = builder.batch(entries);
             {
                 let mut t = lock(&tracker);
-                t.sent(SentBatch { first_id, last_id, sent_at: Instant::now() });
+                t.sent(SentBatch {
+                    first_id,
+                    last_id,
+                    sent_at: Instant::now(),
+                });
                 peak = peak.max(t.len());
             }
             totals.batches += 1;
@@ -133,7 +188,10 @@ impl Flood {
                 }
                 Err(e) => {
                     // The reader sees the same broken connection and settles what is in flight.
-                    totals.failures.add(&Failure::new(FailureKind::Disconnected, format!("send failed: {e}")));
+                    totals.failures.add(&Failure::new(
+                        FailureKind::Disconnected,
+                        format!("send failed: {e}"),
+                    ));
                     break;
                 }
             }
@@ -145,17 +203,30 @@ impl Flood {
         let _ = done_tx.send(Some(Instant::now()));
         let read_totals = read.await.unwrap_or_else(|e| {
             let mut t = WriteTotals::default();
-            t.failures.add(&Failure::new(FailureKind::Unexpected, format!("reader task: {e}")));
+            t.failures.add(&Failure::new(
+                FailureKind::Unexpected,
+                format!("reader task: {e}"),
+            ));
             t
         });
         writer.close().await;
         let bytes_sent = writer.traffic().bytes_sent;
         totals.merge(&read_totals);
         // A batch registered after the reader gave up can no longer be answered.
-        let stranded = Failure::new(FailureKind::Disconnected, "sent after the connection was lost");
+        let stranded = Failure::new(
+            FailureKind::Disconnected,
+            "sent after the connection was lost",
+        );
         let outcomes = lock(&tracker).abandon(Instant::now(), &stranded);
-        totals.add_settled(&Settled { outcomes, ..Settled::default() });
-        FloodResult { totals, bytes_sent, peak_in_flight: peak }
+        totals.add_settled(&Settled {
+            outcomes,
+            ..Settled::default()
+        });
+        FloodResult {
+            totals,
+            bytes_sent,
+            peak_in_flight: peak,
+        }
     }
 }
 
@@ -179,9 +250,15 @@ async fn read_loop(
                 break;
             }
             if Instant::now() >= at + drain {
-                let left = Failure::new(FailureKind::NoResponse, format!("no OP_ACK within {drain:?} after the flood stopped"));
+                let left = Failure::new(
+                    FailureKind::NoResponse,
+                    format!("no OP_ACK within {drain:?} after the flood stopped"),
+                );
                 let outcomes = t.abandon(Instant::now(), &left);
-                totals.add_settled(&Settled { outcomes, ..Settled::default() });
+                totals.add_settled(&Settled {
+                    outcomes,
+                    ..Settled::default()
+                });
                 break;
             }
         }
@@ -202,9 +279,13 @@ async fn read_loop(
                 settled_some.notify_one();
                 break;
             }
-            Err(e) => settled.unattributed.push(Failure::new(FailureKind::Unexpected, e.to_string())),
+            Err(e) => settled
+                .unattributed
+                .push(Failure::new(FailureKind::Unexpected, e.to_string())),
         }
-        settled.outcomes.extend(lock(&tracker).expire(Instant::now()));
+        settled
+            .outcomes
+            .extend(lock(&tracker).expire(Instant::now()));
         if !settled.outcomes.is_empty() {
             settled_some.notify_one();
         }

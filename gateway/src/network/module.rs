@@ -213,6 +213,11 @@ impl NetworkModule {
         match self.tls {
             Some(acceptor) => serve_tls(listener, acceptor, app, drain).await,
             None => {
+                use axum::serve::ListenerExt;
+                // Small protocol frames (acks, PONG) must not wait for Nagle's algorithm.
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(
                     listener,
                     app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
@@ -242,7 +247,10 @@ async fn serve_tls(
         let (tcp, peer) = tokio::select! {
             _ = &mut drain => return,
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    let _ = pair.0.set_nodelay(true);
+                    pair
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     continue;
