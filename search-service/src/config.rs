@@ -9,6 +9,8 @@ use crate::maps::IndexedMaps;
 
 /// Default gRPC listen address.
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50052";
+/// Default address of the ops HTTP port (health, metrics).
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9092";
 /// Default commit interval in milliseconds: the minimum time between commits, so the
 /// longest a write waits to become searchable under load.
 pub const DEFAULT_COMMIT_INTERVAL_MS: u64 = 50;
@@ -25,6 +27,11 @@ pub struct SearchConfig {
     /// gRPC listen address.
     #[arg(long, env = "SEARCH_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
+
+    /// Ops HTTP port serving `/health`, `/health/live`, `/health/ready` and `/metrics`
+    /// (empty = no ops port).
+    #[arg(long, env = "SEARCH_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
 
     /// Sync shards to index, comma-separated gRPC URLs (e.g. `http://127.0.0.1:50051`).
     /// Empty: nothing is ingested.
@@ -56,6 +63,7 @@ impl Default for SearchConfig {
     fn default() -> Self {
         SearchConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
+            http_addr: DEFAULT_HTTP_ADDR.to_string(),
             sync_addrs: Vec::new(),
             index_dir: None,
             maps: String::new(),

@@ -50,6 +50,9 @@ pub enum SearchError {
         /// Its message.
         message: String,
     },
+    /// The ops HTTP port could not be set up.
+    #[error(transparent)]
+    Ops(#[from] topgun_ops::OpsError),
     /// An I/O failure outside the index (binding the listener).
     #[error("{context}: {source}")]
     Io {

@@ -1,6 +1,8 @@
 //! The `topgun.search.v1.SearchService` gRPC front: validates requests once, then
 //! hands them to the [`SearchEngine`].
 
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 use topgun_proto::grpc::search::search_service_server::SearchService;
 use topgun_proto::grpc::search::{
@@ -10,18 +12,32 @@ use topgun_proto::grpc::search::{
 use crate::engine::{SearchEngine, SearchQuery, DEFAULT_LIMIT};
 use crate::ingest::Ingestor;
 use crate::live::LiveSearch;
+use crate::metrics::{SearchMetrics, KIND_LIVE, KIND_ONE_SHOT};
 
 /// The gRPC service over an engine and (optionally) the ingestion feeding it.
 #[derive(Debug, Clone)]
 pub struct SearchGrpc {
     engine: SearchEngine,
     ingest: Option<Ingestor>,
+    metrics: SearchMetrics,
 }
 
 impl SearchGrpc {
     /// A service over `engine`; `ingest` supplies per-shard positions for IndexStatus.
+    /// Metrics go to a registry of their own until [`SearchGrpc::with_metrics`]
+    /// supplies the served one.
     pub fn new(engine: SearchEngine, ingest: Option<Ingestor>) -> Self {
-        SearchGrpc { engine, ingest }
+        SearchGrpc {
+            engine,
+            ingest,
+            metrics: SearchMetrics::new(),
+        }
+    }
+
+    /// Records searches in `metrics`.
+    pub fn with_metrics(mut self, metrics: SearchMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -47,7 +63,11 @@ impl SearchService for SearchGrpc {
     ) -> Result<Response<SearchResponse>, Status> {
         let query = query_from(request.into_inner());
         tracing::debug!(map = %query.map, query = %query.query, "search");
-        let hits = self.engine.search(query).await?;
+        let started = Instant::now();
+        let hits = self.engine.search(query).await;
+        self.metrics
+            .record_search(KIND_ONE_SHOT, hits.is_ok(), started.elapsed());
+        let hits = hits?;
         Ok(Response::new(SearchResponse {
             hits: hits.into_iter().map(SearchHit::from).collect(),
         }))
@@ -61,7 +81,11 @@ impl SearchService for SearchGrpc {
     ) -> Result<Response<LiveSearch>, Status> {
         let query = query_from(request.into_inner());
         tracing::debug!(map = %query.map, query = %query.query, "live search");
-        Ok(Response::new(self.engine.subscribe(query).await?))
+        let started = Instant::now();
+        let live = self.engine.subscribe(query).await;
+        self.metrics
+            .record_search(KIND_LIVE, live.is_ok(), started.elapsed());
+        Ok(Response::new(live?))
     }
 
     async fn index_status(

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 /// Default gRPC listen address.
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:50053";
+/// Default address of the ops HTTP port (health, metrics).
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9093";
 /// Default SQLite data folder.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default maximum number of pooled database connections.
@@ -28,6 +30,11 @@ pub struct StorageConfig {
     /// gRPC listen address.
     #[arg(long, env = "STORAGE_GRPC_ADDR", default_value = DEFAULT_GRPC_ADDR)]
     pub grpc_addr: SocketAddr,
+
+    /// Ops HTTP port serving `/health`, `/health/live`, `/health/ready` and `/metrics`
+    /// (empty = no ops port).
+    #[arg(long, env = "STORAGE_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
 
     /// `postgres`, `sqlite` or `null`. Unset: `postgres` when DATABASE_URL is a
     /// postgres:// URL, otherwise `sqlite`.
@@ -68,6 +75,7 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50053)),
+            http_addr: DEFAULT_HTTP_ADDR.to_string(),
             backend: None,
             database_url: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -201,10 +209,13 @@ mod tests {
             "storage-service",
             "--grpc-addr",
             DEFAULT_GRPC_ADDR,
+            "--http-addr",
+            DEFAULT_HTTP_ADDR,
         ])
         .expect("defaults parse");
         let default = StorageConfig::default();
         assert_eq!(parsed.grpc_addr, default.grpc_addr);
+        assert_eq!(parsed.http_addr, default.http_addr);
         assert_eq!(parsed.table, default.table);
         assert_eq!(parsed.pool_max, default.pool_max);
     }

@@ -75,6 +75,10 @@ pub enum StorageError {
     /// The gRPC server failed to bind or serve.
     #[error("gRPC transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
+
+    /// The ops HTTP port could not be set up.
+    #[error(transparent)]
+    Ops(#[from] topgun_ops::OpsError),
 }
 
 /// How a caller should react to a [`StorageError`].
@@ -112,7 +116,8 @@ impl StorageError {
             | StorageError::Database(_)
             | StorageError::CorruptRow(_)
             | StorageError::Io { .. }
-            | StorageError::Transport(_) => ErrorClass::Internal,
+            | StorageError::Transport(_)
+            | StorageError::Ops(_) => ErrorClass::Internal,
         }
     }
 

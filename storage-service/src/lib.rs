@@ -3,18 +3,21 @@
 //! * [`datastores`] — the [`DataStore`] trait with the PostgreSQL, embedded SQLite and
 //!   null implementations;
 //! * [`service`] — the `topgun.storage.v1.StorageService` gRPC front;
+//! * [`metrics`] — its Prometheus metrics, served with health on the ops HTTP port;
 //! * [`serve`] / [`serve_with_listener`] / [`open_store`] — entry points for the
 //!   `storage-service` binary and for single-process binaries that embed the service.
 
 pub mod config;
 pub mod datastores;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod service;
 
 pub use config::{Backend, StorageConfig};
 pub use datastores::{DataStore, NullDataStore, PostgresDataStore, SqliteDataStore};
 pub use error::{ErrorClass, StorageError};
+pub use metrics::StorageMetrics;
 pub use service::StorageGrpc;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -27,6 +30,7 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use topgun_ops::{HealthState, OpsServer};
 use topgun_proto::grpc::storage::storage_service_server::StorageServiceServer;
 use topgun_proto::internal_auth::TokenCheck;
 
@@ -37,6 +41,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Server-side deadline of a call whose client sent none (a shorter `grpc-timeout`
 /// from the client wins).
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Name of the service in `/health`.
+const SERVICE_NAME: &str = "storage-service";
 /// Idle pooled connections are closed after this, so a pool never hoards connections
 /// (or keeps ones a restarted database has already dropped).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
@@ -114,10 +120,38 @@ async fn initialize_with_retry(store: &dyn DataStore, limit: Duration) -> Result
     }
 }
 
-/// Runs the storage service as configured until `shutdown` completes: opens the store
-/// (see [`open_store`]), binds `STORAGE_GRPC_ADDR`, then serves.
+/// Runs the storage service as configured until `shutdown` completes: binds the ops
+/// port (`STORAGE_HTTP_ADDR`, unless empty; ready once the store is open, draining from
+/// the shutdown signal until the service stopped), opens the store (see
+/// [`open_store`]), binds `STORAGE_GRPC_ADDR`, then serves.
 pub async fn serve(
     config: StorageConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StorageError> {
+    let metrics = StorageMetrics::new();
+    let health = HealthState::new(SERVICE_NAME);
+    let ops = match topgun_ops::parse_http_addr("STORAGE_HTTP_ADDR", &config.http_addr)? {
+        Some(addr) => Some(OpsServer::spawn(
+            topgun_ops::bind("STORAGE_HTTP_ADDR", addr).await?,
+            metrics.registry().clone(),
+            health.clone(),
+        )),
+        None => None,
+    };
+    let served = open_and_serve(config, metrics, health.clone(), shutdown).await;
+    // The ops port outlives the drain, so readiness reads 503 until the very end.
+    health.set_draining();
+    if let Some(ops) = ops {
+        ops.stop().await;
+    }
+    served
+}
+
+/// The body of [`serve`] once the ops port is up.
+async fn open_and_serve(
+    config: StorageConfig,
+    metrics: StorageMetrics,
+    health: HealthState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StorageError> {
     let stop = StopSignal::new(shutdown);
@@ -132,17 +166,58 @@ pub async fn serve(
             source,
         })?;
     tracing::info!(addr = %config.grpc_addr, backend = store.backend_name(), "storage service listening");
-    serve_with_listener(listener, store, config.internal_token, stop.wait()).await
+    let backend = store.backend_name();
+    let table = config.table.clone();
+    health.set_details(move || {
+        let mut doc = serde_json::Map::new();
+        doc.insert("backend".into(), backend.into());
+        doc.insert("table".into(), table.clone().into());
+        doc
+    });
+    health.set_ready();
+    serve_store(
+        listener,
+        store,
+        config.internal_token,
+        metrics,
+        health,
+        stop.wait(),
+    )
+    .await
 }
 
 /// Serves an already opened store on `listener` until `shutdown` completes, with the
 /// gRPC health service (SERVING from the start, NOT_SERVING while draining) and server
 /// reflection. With a non-empty `token`, every StorageService call must carry it.
-/// In-flight calls get [`SHUTDOWN_GRACE`] to finish after `shutdown`.
+/// In-flight calls get [`SHUTDOWN_GRACE`] to finish after `shutdown`. No ops port is
+/// served (embedding processes have their own).
 pub async fn serve_with_listener(
     listener: TcpListener,
     store: Arc<dyn DataStore>,
     token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StorageError> {
+    let health = HealthState::new(SERVICE_NAME);
+    health.set_ready();
+    serve_store(
+        listener,
+        store,
+        token,
+        StorageMetrics::new(),
+        health,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve_with_listener`], recording into `metrics` and turning `ops_health` to
+/// draining when `shutdown` completes.
+async fn serve_store(
+    listener: TcpListener,
+    store: Arc<dyn DataStore>,
+    token: Option<String>,
+    metrics: StorageMetrics,
+    ops_health: HealthState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StorageError> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -156,7 +231,7 @@ pub async fn serve_with_listener(
             setting: "reflection",
             reason: e.to_string(),
         })?;
-    let storage = StorageServiceServer::new(StorageGrpc::new(store))
+    let storage = StorageServiceServer::new(StorageGrpc::new(store).with_metrics(metrics))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let storage = InterceptedService::new(storage, TokenCheck::new(token).interceptor());
@@ -165,6 +240,7 @@ pub async fn serve_with_listener(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested, draining storage service");
+        ops_health.set_draining();
         health
             .set_not_serving::<StorageServiceServer<StorageGrpc>>()
             .await;
@@ -176,7 +252,7 @@ pub async fn serve_with_listener(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(storage)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), signal);
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
     // Graceful shutdown waits for every open call; a stalled LoadMap stream must not keep
     // the process alive forever, so draining is capped.
     let grace = async move {

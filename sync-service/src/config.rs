@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use topgun_proto::partition::{shard_partitions, PARTITION_COUNT};
 
+/// Default address of the ops HTTP port.
+pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9091";
+
 /// Configuration of a sync shard. Every field has an environment variable; the
 /// defaults run a single shard owning all 271 partitions, in memory only.
 #[derive(Debug, Clone, Parser, PartialEq, Eq)]
@@ -17,6 +20,11 @@ pub struct SyncConfig {
     /// Address the gRPC server binds (`SYNC_GRPC_ADDR`, default `0.0.0.0:50051`).
     #[arg(long, env = "SYNC_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: SocketAddr,
+
+    /// Address of the ops HTTP port serving `/health`, `/health/live`, `/health/ready`
+    /// and `/metrics` (`SYNC_HTTP_ADDR`, default `0.0.0.0:9091`; empty = no ops port).
+    #[arg(long, env = "SYNC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
 
     /// HLC node id stamped on timestamps this shard issues (`NODE_ID`, default
     /// `sync-<shard index>`). Must be non-empty and must not contain `:`.
@@ -74,6 +82,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http_addr: DEFAULT_HTTP_ADDR.to_string(),
             node_id: None,
             shard_index: 0,
             shard_count: 1,
@@ -92,6 +101,8 @@ impl Default for SyncConfig {
 /// The checked form of [`SyncConfig`] the server runs with.
 #[derive(Debug, Clone)]
 pub struct ValidatedConfig {
+    /// Ops HTTP port address; `None` = disabled.
+    pub http_addr: Option<SocketAddr>,
     /// HLC node id.
     pub node_id: String,
     /// Shard index.
@@ -176,7 +187,10 @@ impl SyncConfig {
         if self.change_feed_buffer == 0 {
             return bad("CHANGE_FEED_BUFFER must be positive".into());
         }
+        let http_addr = topgun_ops::parse_http_addr("SYNC_HTTP_ADDR", &self.http_addr)
+            .map_err(|e| SyncError::Config(e.to_string()))?;
         Ok(ValidatedConfig {
+            http_addr,
             node_id,
             shard_index: self.shard_index,
             shard_count: self.shard_count,
@@ -277,6 +291,7 @@ mod tests {
         if std::env::vars().all(|(k, _)| !k.starts_with("SYNC_") && k != "SHARD_INDEX") {
             assert_eq!(parsed.gc_interval_ms, SyncConfig::default().gc_interval_ms);
             assert_eq!(parsed.grpc_addr, SyncConfig::default().grpc_addr);
+            assert_eq!(parsed.http_addr, SyncConfig::default().http_addr);
             assert_eq!(
                 parsed.tombstone_ttl_ms,
                 SyncConfig::default().tombstone_ttl_ms
@@ -290,6 +305,12 @@ mod tests {
             .validate()
             .expect("defaults are valid");
         assert_eq!(v.node_id, "sync-0");
+        assert_eq!(v.http_addr, Some(SocketAddr::from(([0, 0, 0, 0], 9091))));
+        let off = SyncConfig {
+            http_addr: String::new(),
+            ..Default::default()
+        };
+        assert_eq!(off.validate().expect("valid").http_addr, None);
         assert_eq!(v.partitions.as_slice().len(), PARTITION_COUNT as usize);
     }
 
@@ -333,6 +354,10 @@ mod tests {
             },
             SyncConfig {
                 partitions: Some("300".into()),
+                ..Default::default()
+            },
+            SyncConfig {
+                http_addr: "localhost".into(),
                 ..Default::default()
             },
         ];

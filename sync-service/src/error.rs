@@ -52,6 +52,9 @@ pub enum SyncError {
     /// Binding or accepting sockets failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The ops HTTP port could not be set up.
+    #[error(transparent)]
+    Ops(#[from] topgun_ops::OpsError),
 }
 
 impl SyncError {
@@ -69,7 +72,8 @@ impl SyncError {
             SyncError::StorageRejected(_)
             | SyncError::Internal(_)
             | SyncError::Transport(_)
-            | SyncError::Io(_) => Code::Internal,
+            | SyncError::Io(_)
+            | SyncError::Ops(_) => Code::Internal,
         }
     }
 

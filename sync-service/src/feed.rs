@@ -15,6 +15,7 @@ use crate::state::{Change, ChangeKind};
 use futures::Stream;
 use parking_lot::Mutex;
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::Status;
@@ -31,6 +32,8 @@ pub struct ChangeFeed {
     capacity: usize,
     ring: Mutex<Ring>,
     last_seq: watch::Sender<u64>,
+    /// Open subscription streams (for the ops metrics).
+    subscribers: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -69,7 +72,13 @@ impl ChangeFeed {
                 next_seq: 1,
             }),
             last_seq,
+            subscribers: Arc::default(),
         }
+    }
+
+    /// Subscription streams currently open.
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
     }
 
     /// This run's epoch.
@@ -145,6 +154,7 @@ impl ChangeFeed {
             shutdown,
             greeted: false,
             done: false,
+            _counted: SubscriberCount::enter(&self.subscribers),
         };
         Ok(futures::stream::unfold(state, Subscription::next))
     }
@@ -191,6 +201,24 @@ struct Subscription {
     shutdown: watch::Receiver<bool>,
     greeted: bool,
     done: bool,
+    _counted: SubscriberCount,
+}
+
+/// Counts a subscription as open for as long as its stream exists, however it ends
+/// (finished, failed, or dropped by a departing client).
+struct SubscriberCount(Arc<AtomicUsize>);
+
+impl SubscriberCount {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        SubscriberCount(Arc::clone(count))
+    }
+}
+
+impl Drop for SubscriberCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Subscription {
@@ -340,6 +368,7 @@ mod tests {
             ..from(&feed, 1)
         };
         let mut stream = Box::pin(feed.subscribe(only_a, shutdown).expect("in range"));
+        assert_eq!(feed.subscribers(), 2);
         stream.next().await;
         let batch = stream.next().await.expect("batch").expect("ok");
         assert_eq!(
@@ -356,6 +385,12 @@ mod tests {
         assert_eq!(
             batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             vec![5]
+        );
+        drop(stream);
+        assert_eq!(
+            feed.subscribers(),
+            1,
+            "a dropped stream is no longer counted"
         );
     }
 
@@ -397,6 +432,11 @@ mod tests {
         let status = slow.next().await.expect("item").expect_err("fell behind");
         assert_eq!(status.code(), tonic::Code::OutOfRange);
         assert!(slow.next().await.is_none());
+        assert_eq!(
+            feed.subscribers(),
+            0,
+            "a finished stream is no longer counted"
+        );
 
         // Shutdown ends idle streams.
         let mut idle = Box::pin(feed.subscribe(from(&feed, 0), shutdown).expect("ok"));

@@ -7,7 +7,9 @@
 //! feed, relays topic messages, and writes every change through to the storage
 //! service before acknowledging it.
 //!
-//! Entry points: [`serve`] and [`serve_with_listener`], configured by [`SyncConfig`].
+//! Entry points: [`serve`], [`serve_with_listener`] and [`serve_with_ops`], configured by
+//! [`SyncConfig`]; the ops HTTP port (health, Prometheus metrics) is served by the first
+//! and the last.
 
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ pub mod error;
 pub mod feed;
 pub mod gc;
 pub mod merkle;
+pub mod metrics;
 pub mod persistence;
 pub mod requests;
 pub mod server;
@@ -32,5 +35,5 @@ mod convergence_tests;
 
 pub use config::SyncConfig;
 pub use error::SyncError;
-pub use server::{serve, serve_with_listener};
+pub use server::{serve, serve_with_listener, serve_with_ops};
 pub use shard::Shard;

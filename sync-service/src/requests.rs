@@ -87,6 +87,17 @@ pub enum OpKind {
 }
 
 impl OpKind {
+    /// Short name of the op type, as used in metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OpKind::LwwPut(_) => "lww_put",
+            OpKind::LwwRemove => "lww_remove",
+            OpKind::OrAdd(_) => "or_add",
+            OpKind::OrRemove(_) => "or_remove",
+            OpKind::OrMerge { .. } => "or_merge",
+        }
+    }
+
     /// The store the op writes to.
     pub fn map_kind(&self) -> MapKind {
         match self {

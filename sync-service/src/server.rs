@@ -1,10 +1,11 @@
-//! Server lifecycle: build the shard, serve gRPC (sync service, health, reflection),
-//! load from storage before reporting SERVING, run GC and the storage retry in the
-//! background, and drain on shutdown.
+//! Server lifecycle: build the shard, serve gRPC (sync service, health, reflection) and
+//! optionally the ops HTTP port, load from storage before reporting SERVING (and ready),
+//! run GC and the storage retry in the background, and drain on shutdown.
 
 use crate::admission::Admission;
 use crate::config::{SyncConfig, ValidatedConfig};
 use crate::error::SyncError;
+use crate::metrics::SyncMetrics;
 use crate::persistence::Persistence;
 use crate::service::SyncGrpc;
 use crate::shard::Shard;
@@ -14,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use topgun_ops::{HealthState, OpsServer};
 use topgun_proto::grpc::sync::sync_service_server::SyncServiceServer;
 use topgun_proto::grpc::FILE_DESCRIPTOR_SET;
 use topgun_proto::internal_auth::TokenCheck;
@@ -30,22 +31,42 @@ const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 /// Storage calls get this long, capped by the operation timeout.
 const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Binds `config.grpc_addr` and serves until `shutdown` completes.
+/// Name of the service in `/health`.
+const SERVICE_NAME: &str = "sync-service";
+
+/// Binds `config.grpc_addr` and the ops port (`config.http_addr`, unless empty) and
+/// serves until `shutdown` completes.
 pub async fn serve(
     config: SyncConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
-    config.validate()?;
+    let cfg = config.validate()?;
     let listener = TcpListener::bind(config.grpc_addr).await?;
-    serve_with_listener(listener, config, shutdown).await
+    let ops = match cfg.http_addr {
+        Some(addr) => Some(topgun_ops::bind("SYNC_HTTP_ADDR", addr).await?),
+        None => None,
+    };
+    serve_with_ops(listener, ops, config, shutdown).await
 }
 
 /// Serves on an already bound listener (the single-process binaries bind
-/// `127.0.0.1:0` themselves) until `shutdown` completes; in-flight calls then get up
-/// to the operation timeout to finish, and rows still waiting for storage get one
-/// last write.
+/// `127.0.0.1:0` themselves), without an ops port, until `shutdown` completes; see
+/// [`serve_with_ops`].
 pub async fn serve_with_listener(
     listener: TcpListener,
+    config: SyncConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_with_ops(listener, None, config, shutdown).await
+}
+
+/// Serves gRPC on `listener` and, when given, the ops HTTP port on `ops` (ready once
+/// the partitions are loaded, draining from the shutdown signal until the shard
+/// stopped) until `shutdown` completes; in-flight calls then get up to the operation
+/// timeout to finish, and rows still waiting for storage get one last write.
+pub async fn serve_with_ops(
+    listener: TcpListener,
+    ops: Option<TcpListener>,
     config: SyncConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
@@ -64,6 +85,14 @@ pub async fn serve_with_listener(
     let shard = Arc::new(Shard::new(&cfg, persistence));
     let (stop_tx, stop_rx) = watch::channel(false);
 
+    let metrics = Arc::new(SyncMetrics::new());
+    metrics.watch_shard(&shard)?;
+    let ops_health = HealthState::new(SERVICE_NAME);
+    ops_health.set_details(health_details(&shard, &cfg));
+    // Started before the load so probes see "starting" rather than a closed port.
+    let ops_server = ops
+        .map(|listener| OpsServer::spawn(listener, metrics.registry().clone(), ops_health.clone()));
+
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -72,11 +101,10 @@ pub async fn serve_with_listener(
         .map_err(|e| SyncError::Internal(format!("reflection service: {e}")))?;
 
     let admission = Admission::new(cfg.max_concurrent_operations, cfg.operation_timeout);
-    let sync = SyncServiceServer::new(SyncGrpc::new(
-        Arc::clone(&shard),
-        admission,
-        stop_rx.clone(),
-    ))
+    let sync = SyncServiceServer::new(
+        SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone())
+            .with_metrics(Arc::clone(&metrics)),
+    )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(MAX_REQUEST_BYTES);
     let sync = InterceptedService::new(
@@ -98,6 +126,7 @@ pub async fn serve_with_listener(
     let background = tokio::spawn(run_background(
         Arc::clone(&shard),
         health.clone(),
+        ops_health.clone(),
         cfg.clone(),
         stop_rx.clone(),
     ));
@@ -112,15 +141,19 @@ pub async fn serve_with_listener(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sync)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stopped(&mut server_stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                stopped(&mut server_stop).await;
+            },
+        );
     tokio::pin!(server);
 
     let served = tokio::select! {
         result = &mut server => result.map_err(SyncError::from),
         () = shutdown => {
             tracing::info!("shutdown requested, draining");
+            ops_health.set_draining();
             set_health(&health, ServingStatus::NotServing).await;
             stop_tx.send_replace(true);
             match tokio::time::timeout(cfg.operation_timeout, &mut server).await {
@@ -137,6 +170,11 @@ pub async fn serve_with_listener(
         tracing::error!(error = %err, "background task failed");
     }
     final_flush(&shard).await;
+    // The ops port stays up through the drain, so readiness reads 503 until the end.
+    ops_health.set_draining();
+    if let Some(ops_server) = ops_server {
+        ops_server.stop().await;
+    }
     tracing::info!("sync shard stopped");
     served
 }
@@ -153,6 +191,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 async fn run_background(
     shard: Arc<Shard>,
     health: HealthReporter,
+    ops_health: HealthState,
     cfg: ValidatedConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -165,6 +204,7 @@ async fn run_background(
     }
     shard.mark_ready();
     set_health(&health, ServingStatus::Serving).await;
+    ops_health.set_ready();
 
     let start = tokio::time::Instant::now();
     let mut gc = tokio::time::interval_at(start + cfg.gc_interval, cfg.gc_interval);
@@ -187,6 +227,31 @@ async fn run_background(
                 Err(err) => tracing::warn!(error = %err, pending = shard.pending_rows(), "storage still unavailable"),
             },
         }
+    }
+}
+
+/// The shard's own `/health` fields: identity, ownership, feed head, pending rows.
+fn health_details(
+    shard: &Arc<Shard>,
+    cfg: &ValidatedConfig,
+) -> impl Fn() -> serde_json::Map<String, serde_json::Value> + Send + Sync + 'static {
+    let shard = Arc::clone(shard);
+    let storage = cfg.storage_addr.is_some();
+    move || {
+        let mut doc = serde_json::Map::new();
+        doc.insert("node_id".into(), shard.node_id().into());
+        doc.insert("shard_index".into(), shard.shard_index().into());
+        doc.insert("shard_count".into(), shard.shard_count().into());
+        doc.insert("partitions".into(), shard.partition_count().into());
+        doc.insert("loaded".into(), shard.is_ready().into());
+        doc.insert("storage".into(), storage.into());
+        doc.insert("pending_rows".into(), shard.pending_rows().into());
+        doc.insert("change_feed_epoch".into(), shard.feed().epoch().into());
+        doc.insert(
+            "change_feed_last_seq".into(),
+            shard.feed().last_seq().into(),
+        );
+        doc
     }
 }
 

@@ -4,12 +4,13 @@
 use crate::admission::{within, Admission};
 use crate::error::SyncError;
 use crate::feed::SubscribeFrom;
+use crate::metrics::SyncMetrics;
 use crate::requests::{ApplyBatch, GetRecords, MerkleNodeQuery, Publish, RunQuery, ScanMap};
 use crate::shard::Shard;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Request, Response, Status};
 use topgun_proto::grpc::sync as pb;
@@ -25,16 +26,25 @@ pub struct SyncGrpc {
     shard: Arc<Shard>,
     admission: Admission,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<SyncMetrics>,
 }
 
 impl SyncGrpc {
-    /// Serves `shard`; streams end when `shutdown` turns true.
+    /// Serves `shard`; streams end when `shutdown` turns true. Metrics go to a registry
+    /// of their own until [`SyncGrpc::with_metrics`] supplies the served one.
     pub fn new(shard: Arc<Shard>, admission: Admission, shutdown: watch::Receiver<bool>) -> Self {
         SyncGrpc {
             shard,
             admission,
             shutdown,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Records ApplyBatch outcomes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<SyncMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Admits a unary call: a free slot, a loaded shard, and the call's time budget.
@@ -75,10 +85,15 @@ impl SyncService for SyncGrpc {
         let (_permit, budget) = self.admit(&request)?;
         let batch = ApplyBatch::try_from(request.into_inner())?;
         let span = tracing::debug_span!("apply_batch", ops = batch.ops.len());
-        let results = within(budget, self.shard.apply_batch(batch))
+        // The batch is consumed by the shard; keep what the metrics need.
+        let kinds: Vec<&'static str> = batch.ops.iter().map(|op| op.kind.label()).collect();
+        let started = Instant::now();
+        let outcome = within(budget, self.shard.apply_batch(batch))
             .instrument(span)
-            .await?;
-        Ok(Response::new(pb::ApplyBatchResponse { results }))
+            .await;
+        self.metrics
+            .record_batch(&kinds, outcome.as_deref().ok(), started.elapsed());
+        Ok(Response::new(pb::ApplyBatchResponse { results: outcome? }))
     }
 
     async fn get_records(

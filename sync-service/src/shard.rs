@@ -84,6 +84,21 @@ impl Shard {
         &self.node_id
     }
 
+    /// Index of this shard among the shard count.
+    pub fn shard_index(&self) -> u32 {
+        self.shard_index
+    }
+
+    /// Number of shards in the suite.
+    pub fn shard_count(&self) -> u32 {
+        self.shard_count
+    }
+
+    /// Number of partitions this shard owns.
+    pub fn partition_count(&self) -> usize {
+        self.partitions.as_slice().len()
+    }
+
     /// The change feed.
     pub fn feed(&self) -> &Arc<ChangeFeed> {
         &self.feed
