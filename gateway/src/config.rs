@@ -61,6 +61,12 @@ pub struct GatewayOptions {
     /// PEM CA: client certificates become mandatory.
     #[arg(long, env = "TOPGUN_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+    /// Comma-separated CORS origins (`*` = any, empty = none).
+    #[arg(long, env = "TOPGUN_CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Whole-request deadline of HTTP routes in ms (408 when exceeded).
+    #[arg(long, env = "TOPGUN_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
     /// Shared token every internal gRPC call carries.
     #[arg(long, env = "TOPGUN_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
@@ -93,6 +99,14 @@ impl GatewayOptions {
             ..Default::default()
         };
         network.connection.max_message_size = self.max_message_bytes;
+        network.cors_origins = self
+            .cors_origins
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_string)
+            .collect();
+        network.request_timeout = std::time::Duration::from_millis(self.request_timeout_ms);
         network.tls = match (self.tls_cert, self.tls_key) {
             (Some(cert_path), Some(key_path)) => Some(TlsConfig {
                 cert_path,

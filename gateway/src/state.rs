@@ -249,6 +249,11 @@ impl Gateway {
         principal: Option<&Principal>,
         resource: &str,
     ) -> Result<(), GatewayError> {
+        if !system_access_allowed(principal, resource) {
+            return Err(GatewayError::Forbidden(format!(
+                "Access Denied for map {resource}"
+            )));
+        }
         if !self.server.read().security.default_permissions.read {
             return Err(GatewayError::Forbidden(format!(
                 "Access Denied for map {resource}"
@@ -275,6 +280,11 @@ impl Gateway {
         resource: &str,
         data: &rmpv::Value,
     ) -> Result<(), GatewayError> {
+        if !system_access_allowed(principal, resource) {
+            return Err(GatewayError::Forbidden(format!(
+                "write access denied for map: {resource}"
+            )));
+        }
         match decide(&self.policies, principal, Action::Write, resource, data) {
             Decision::Allow => Ok(()),
             Decision::Deny(_) => Err(GatewayError::Forbidden(format!(
@@ -282,6 +292,12 @@ impl Gateway {
             ))),
         }
     }
+}
+
+/// `$sys/` maps hold suite state (e.g. policies): only admins may touch them.
+fn system_access_allowed(principal: Option<&Principal>, resource: &str) -> bool {
+    !resource.starts_with(crate::live::policy_sync::SYSTEM_PREFIX)
+        || principal.is_some_and(Principal::is_admin)
 }
 
 /// Decrements the in-flight counter on drop.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use topgun_proto::grpc::common as pbc;
 use topgun_proto::grpc::sync::{self as pbs, op::Kind};
-use topgun_proto::wire::{self, ClientOp, OpKind, OpResult, OrMapEntry, WriteConcern};
+use topgun_proto::wire::{self, ClientOp, LwwRecord, OpKind, OpResult, OrMapEntry, WriteConcern};
 
 /// Who is writing.
 #[derive(Debug, Clone, Default)]
@@ -142,6 +142,20 @@ fn validate_op(
             .unwrap_or(WriteConcern::Memory),
         shard: gw.sync.shard_for_key(&op.key),
     })
+}
+
+/// An LWW write issued by the gateway itself (system maps), bypassing client checks.
+pub(crate) fn system_op(gw: &Gateway, map_name: &str, key: &str, record: LwwRecord) -> ValidOp {
+    ValidOp {
+        op: pbs::Op {
+            op_id: String::new(),
+            map_name: map_name.to_string(),
+            key: key.to_string(),
+            kind: Some(Kind::LwwPut((&record).into())),
+        },
+        requested: WriteConcern::Persisted,
+        shard: gw.sync.shard_for_key(key),
+    }
 }
 
 /// Validates an ORMAP_PUSH_DIFF / OR key merge (write permission on the map).

@@ -409,10 +409,14 @@ pub async fn create_policy(
         }
     };
     match request.into_policy() {
-        Ok(policy) => {
-            gw.policies.upsert(policy.clone());
-            (StatusCode::CREATED, Json(policy)).into_response()
-        }
+        Ok(policy) => match crate::live::policy_sync::store(&gw, &policy).await {
+            Ok(()) => (StatusCode::CREATED, Json(policy)).into_response(),
+            Err(e) => json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("failed to create policy: {e}"),
+                None,
+            ),
+        },
         Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field())),
     }
 }
@@ -429,6 +433,12 @@ pub async fn delete_policy(
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
-    gw.policies.delete(&id);
-    StatusCode::NO_CONTENT.into_response()
+    match crate::live::policy_sync::delete(&gw, &id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("failed to delete policy: {e}"),
+            None,
+        ),
+    }
 }

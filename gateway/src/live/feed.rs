@@ -102,6 +102,9 @@ fn dispatch(gw: &Gateway, event: ChangeEvent) {
             let Some(record) = event.record.and_then(|r| LwwRecord::try_from(r).ok()) else {
                 return;
             };
+            if event.map_name == super::policy_sync::POLICY_MAP {
+                super::policy_sync::on_change(gw, &event.key, &record);
+            }
             let previous = event.previous.and_then(|r| LwwRecord::try_from(r).ok());
             gw.queries.on_lww_change(
                 &event.map_name,

@@ -4,5 +4,6 @@
 
 pub mod connections;
 pub mod feed;
+pub mod policy_sync;
 pub mod queries;
 pub mod topics;

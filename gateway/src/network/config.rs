@@ -14,7 +14,7 @@ pub struct NetworkConfig {
     pub tls: Option<TlsConfig>,
     /// Per-connection settings.
     pub connection: ConnectionConfig,
-    /// Allowed CORS origins; `*` = any.
+    /// Allowed CORS origins; `*` = any, empty = no CORS headers.
     pub cors_origins: Vec<String>,
     /// Preflight cache.
     pub cors_max_age: Duration,

@@ -299,8 +299,18 @@ async fn track_shards(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     loop {
         let answered = gw.sync.refresh().await;
         let following = gw.sync.shards().iter().all(|s| s.is_following());
-        if answered == gw.sync.shards().len() && following {
-            gw.advance(LifecycleState::Ready);
+        if answered == gw.sync.shards().len() && following && gw.state() == LifecycleState::Starting
+        {
+            // Stored permission policies must be in force before the first client op.
+            match crate::live::policy_sync::load(&gw).await {
+                Ok(count) => {
+                    tracing::info!(policies = count, "permission policies loaded");
+                    gw.advance(LifecycleState::Ready);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading permission policies failed; retrying")
+                }
+            }
         }
         let pause = if gw.state() == LifecycleState::Starting {
             Duration::from_millis(200)
@@ -311,6 +321,42 @@ async fn track_shards(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// CORS from `NetworkConfig.cors_origins`: `*` allows any origin (without credentials),
+/// explicit origins allow credentials; an empty list adds no CORS headers at all.
+fn cors_layer(network: &super::config::NetworkConfig) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let methods = [
+        http::Method::GET,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::DELETE,
+        http::Method::PATCH,
+        http::Method::OPTIONS,
+    ];
+    if network.cors_origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let base = CorsLayer::new()
+        .allow_methods(methods)
+        .max_age(network.cors_max_age);
+    if network.cors_origins.iter().any(|o| o == "*") {
+        base.allow_origin(Any).allow_headers(Any)
+    } else {
+        let origins: Vec<http::HeaderValue> = network
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
+        base.allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                http::header::ACCEPT,
+            ])
     }
 }
 
@@ -352,6 +398,11 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
         .route("/api/docs/{*file}", get(openapi::docs_asset))
         .merge(limited)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            http::StatusCode::REQUEST_TIMEOUT,
+            gw.network.request_timeout,
+        ))
+        .layer(cors_layer(&gw.network))
         .with_state(gw);
     let dashboard = Router::new()
         .route("/admin", get(dashboard::index))
