@@ -61,6 +61,12 @@ pub struct Suite {
     pub storage_addr: Option<String>,
     /// gRPC addresses of the shards.
     pub shard_addrs: Vec<String>,
+    /// `http://…` of storage's ops port (health, metrics; distributed only).
+    pub storage_http: Option<String>,
+    /// `http://…` of each shard's ops port, in shard order.
+    pub shard_http: Vec<String>,
+    /// `http://…` of each search replica's ops port.
+    pub search_http: Vec<String>,
     token: String,
 }
 
@@ -77,6 +83,9 @@ impl Suite {
             gateways: vec![process],
             storage_addr: None,
             shard_addrs: vec![],
+            storage_http: None,
+            shard_http: vec![],
+            search_http: vec![],
             token: String::new(),
         }
     }
@@ -91,8 +100,14 @@ impl Suite {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let storage_port = free_port();
         let storage_addr = format!("http://127.0.0.1:{storage_port}");
+        // Every process gets its own ops port: the defaults would collide on one machine.
+        let storage_http_port = free_port();
         let mut storage_env = vec![
             ("STORAGE_GRPC_ADDR", format!("127.0.0.1:{storage_port}")),
+            (
+                "STORAGE_HTTP_ADDR",
+                format!("127.0.0.1:{storage_http_port}"),
+            ),
             ("TOPGUN_INTERNAL_TOKEN", token.clone()),
         ];
         match &layout.storage {
@@ -107,14 +122,18 @@ impl Suite {
 
         let mut shards = Vec::new();
         let mut shard_addrs = Vec::new();
+        let mut shard_http = Vec::new();
         for index in 0..layout.shards {
             let port = free_port();
+            let http_port = free_port();
             shard_addrs.push(format!("http://127.0.0.1:{port}"));
+            shard_http.push(format!("http://127.0.0.1:{http_port}"));
             shards.push(Service::spawn(
                 "sync-service",
                 &[],
                 &[
                     ("SYNC_GRPC_ADDR", format!("127.0.0.1:{port}")),
+                    ("SYNC_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
                     ("SHARD_INDEX", index.to_string()),
                     ("SHARD_COUNT", layout.shards.to_string()),
                     ("NODE_ID", format!("sync-{index}")),
@@ -126,14 +145,18 @@ impl Suite {
 
         let mut search = Vec::new();
         let mut search_addrs = Vec::new();
+        let mut search_http = Vec::new();
         for index in 0..layout.search_replicas {
             let port = free_port();
+            let http_port = free_port();
             search_addrs.push(format!("http://127.0.0.1:{port}"));
+            search_http.push(format!("http://127.0.0.1:{http_port}"));
             search.push(Service::spawn(
                 "search-service",
                 &[],
                 &[
                     ("SEARCH_GRPC_ADDR", format!("127.0.0.1:{port}")),
+                    ("SEARCH_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
                     ("SYNC_ADDRS", shard_addrs.join(",")),
                     ("NODE_ID", format!("search-{index}")),
                     ("TOPGUN_INTERNAL_TOKEN", token.clone()),
@@ -169,6 +192,9 @@ impl Suite {
             gateways,
             storage_addr: Some(storage_addr),
             shard_addrs,
+            storage_http: Some(format!("http://127.0.0.1:{storage_http_port}")),
+            shard_http,
+            search_http,
             token,
         };
         for i in 0..suite.gateway_ports.len() {

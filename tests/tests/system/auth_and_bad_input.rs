@@ -160,3 +160,30 @@ async fn a_flooding_client_does_not_starve_others() {
     let _ = flood.await;
     bystander.ping().await;
 }
+
+#[tokio::test]
+async fn invalid_map_names_are_rejected_without_applying_anything() {
+    let server = TestServer::start(&[]).await;
+    let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
+    for bad in ["", "bad\u{0}name", "tab\tname"] {
+        let op = json!({"id": "1", "mapName": bad, "key": "k", "opType": "PUT",
+                        "record": {"value": 1, "timestamp": {"millis": 1_700_000_000_000u64, "counter": 0, "nodeId": "c"}}});
+        c.send(&json!({"type": "OP_BATCH", "payload": {"ops": [op]}}))
+            .await;
+        let error = c.recv().await;
+        assert_eq!(error["type"], "ERROR", "{bad:?}: {error}");
+        assert_eq!(error["payload"]["code"], 400);
+        assert_eq!(c.recv().await["type"], "OP_REJECTED");
+        assert_eq!(
+            c.recv().await["type"],
+            "OP_ACK",
+            "the client stops re-sending the refused op"
+        );
+    }
+    // Names with dashes, dots and unicode are fine.
+    let op = json!({"id": "2", "mapName": "conflict-test.v2-日本", "key": "k", "opType": "PUT",
+                    "record": {"value": 1, "timestamp": {"millis": 1_700_000_000_000u64, "counter": 0, "nodeId": "c"}}});
+    c.send(&json!({"type": "OP_BATCH", "payload": {"ops": [op]}}))
+        .await;
+    assert_eq!(c.recv().await["type"], "OP_ACK");
+}

@@ -9,6 +9,7 @@ mod live_queries;
 mod merkle_sync;
 mod operations;
 mod search;
+mod service_ops;
 mod tls;
 mod topics_rbac_http;
 mod topology;

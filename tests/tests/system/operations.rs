@@ -491,3 +491,27 @@ async fn login_is_rate_limited_per_peer() {
         200
     );
 }
+
+#[tokio::test]
+async fn cors_preflight_allows_any_origin_by_default() {
+    let server = server().await;
+    let resp = http()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/status", server.http_url()),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+    let get = http()
+        .get(format!("{}/api/status", server.http_url()))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(get.headers()["access-control-allow-origin"], "*");
+}

@@ -212,3 +212,88 @@ async fn partition_ownership_is_disjoint_and_complete_across_shards() {
     drop(suite);
     drop_table(&url, &table).await;
 }
+
+#[tokio::test]
+async fn a_policy_created_on_one_gateway_applies_on_every_gateway_and_survives_restarts() {
+    let mut suite = Suite::start(Layout {
+        search_replicas: 0,
+        gateways: 2,
+        shards: 2,
+        storage: Storage::Null,
+    })
+    .await;
+    let map = map_name("guarded");
+    let admin = reqwest::Client::new();
+    let resp = admin
+        .post(format!("{}/api/admin/policies", suite.http_url_of(0)))
+        .bearer_auth(topgun_tests::admin_token())
+        .json(
+            &json!({"id": "deny-guarded", "mapPattern": map, "action": "write", "effect": "deny"}),
+        )
+        .send()
+        .await
+        .expect("create policy");
+    assert_eq!(resp.status(), 201);
+
+    let mut on_b = WsClient::connect_authed(&suite.ws_url_of(1), &token("u")).await;
+    // The policy travels to gateway B through the change feed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut denied = None;
+    let mut attempt = 0u64;
+    while denied.is_none() && tokio::time::Instant::now() < deadline {
+        attempt += 1;
+        on_b.send(&batch(vec![put(
+            &attempt.to_string(),
+            &map,
+            "k",
+            json!(1),
+            1_700_000_000_000 + attempt,
+            "u",
+        )]))
+        .await;
+        let first = on_b.recv().await;
+        // Drain the rest of this attempt's replies.
+        while let topgun_tests::ws_client::Received::Message(_) =
+            on_b.next_within(Duration::from_millis(200)).await
+        {}
+        if first["type"] == "ERROR" && first["payload"]["code"] == 403 {
+            denied = Some(());
+        }
+    }
+    assert!(denied.is_some(), "the policy reached gateway B");
+
+    // A restarted gateway loads the stored policies before it reports ready.
+    suite.gateways[1].kill_9().await;
+    suite.gateways[1].restart();
+    suite.wait_ready(1, Duration::from_secs(60)).await;
+    let mut again = WsClient::connect_authed(&suite.ws_url_of(1), &token("u")).await;
+    again
+        .send(&batch(vec![put(
+            "2",
+            &map,
+            "k",
+            json!(2),
+            1_700_000_000_001,
+            "u",
+        )]))
+        .await;
+    assert_eq!(again.recv().await["payload"]["code"], 403);
+
+    while let topgun_tests::ws_client::Received::Message(_) =
+        again.next_within(Duration::from_millis(200)).await
+    {}
+    // Clients cannot touch the system map that holds the policies.
+    again
+        .send(&batch(vec![put(
+            "3",
+            "$sys/policies",
+            "deny-guarded",
+            json!(null),
+            1_900_000_000_000,
+            "u",
+        )]))
+        .await;
+    let error = again.recv().await;
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["payload"]["code"], 403);
+}
