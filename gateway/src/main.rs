@@ -4,6 +4,11 @@ use clap::Parser;
 use topgun_gateway::config::{parse_addr_list, GatewayOptions};
 use topgun_gateway::network::module::ServiceEndpoints;
 
+/// glibc malloc dominated server profiles under write load (≈47% of CPU); mimalloc's
+/// per-thread free lists remove that cost (README, performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// TopGun gateway.
 #[derive(Debug, Parser)]
 #[command(version, about)]
