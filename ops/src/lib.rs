@@ -13,6 +13,7 @@
 pub mod addr;
 pub mod error;
 pub mod health;
+pub mod process;
 mod routes;
 pub mod sampled;
 pub mod server;
@@ -20,6 +21,7 @@ pub mod server;
 pub use addr::{bind, parse_http_addr};
 pub use error::OpsError;
 pub use health::{HealthState, Lifecycle};
+pub use process::{init_logging, shutdown_signal};
 pub use sampled::{register_sampled, Sampled};
 pub use server::{serve_ops, OpsServer};
 

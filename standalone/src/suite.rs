@@ -143,3 +143,29 @@ pub async fn run(
         Err(e) => Err(SuiteError::Start(e.to_string())),
     }
 }
+
+/// The `main` of both single-process binaries: validates the gateway options, opens the
+/// store, runs the suite until SIGTERM/SIGINT, and exits 2 on bad configuration or 1 on
+/// a start-up failure.
+pub async fn run_binary(gateway: GatewayOptions, storage: topgun_storage::StorageConfig) {
+    if let Err(e) = gateway.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    let store = match topgun_storage::open_store(&storage).await {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let options = SuiteOptions {
+        gateway,
+        store,
+        announce_port: true,
+    };
+    if let Err(e) = run(options, topgun_gateway::network::module::shutdown_signal()).await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

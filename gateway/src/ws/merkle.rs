@@ -47,19 +47,24 @@ pub(super) async fn sync_init(s: &Session, m: SyncInit) {
     }
 }
 
-pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
-    if let Err(err) = s.gw.check_read(s.principal(), &p.map_name) {
-        return s.send_error(&err).await;
-    }
+/// Read check, path validation and the scatter of a bucket request of either map kind.
+async fn bucket_answer(
+    s: &Session,
+    p: &MerkleReqBucketPayload,
+    kind: MapKind,
+) -> Result<MerkleAnswer, GatewayError> {
+    s.gw.check_read(s.principal(), &p.map_name)?;
     if !scatter::valid_merkle_path(&p.path) {
-        return s
-            .send_error(&GatewayError::BadRequest(format!(
-                "invalid Merkle path {:?}",
-                p.path
-            )))
-            .await;
+        return Err(GatewayError::BadRequest(format!(
+            "invalid Merkle path {:?}",
+            p.path
+        )));
     }
-    match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Lww, &p.path).await {
+    scatter::merkle_node(&s.gw, &p.map_name, kind, &p.path).await
+}
+
+pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
+    match bucket_answer(s, &p, MapKind::Lww).await {
         Ok(MerkleAnswer::Buckets(buckets)) => {
             let payload = SyncRespBucketsPayload {
                 map_name: p.map_name,
@@ -120,18 +125,7 @@ pub(crate) fn or_entry(state: KeyState) -> OrMapEntry {
 }
 
 pub(super) async fn or_bucket(s: &Session, p: MerkleReqBucketPayload) {
-    if let Err(err) = s.gw.check_read(s.principal(), &p.map_name) {
-        return s.send_error(&err).await;
-    }
-    if !scatter::valid_merkle_path(&p.path) {
-        return s
-            .send_error(&GatewayError::BadRequest(format!(
-                "invalid Merkle path {:?}",
-                p.path
-            )))
-            .await;
-    }
-    match scatter::merkle_node(&s.gw, &p.map_name, MapKind::Or, &p.path).await {
+    match bucket_answer(s, &p, MapKind::Or).await {
         Ok(MerkleAnswer::Buckets(buckets)) => {
             let payload = SyncRespBucketsPayload {
                 map_name: p.map_name,

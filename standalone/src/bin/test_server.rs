@@ -30,32 +30,10 @@ async fn main() {
     }
     // JWT_SECRET is ignored: harnesses rely on the fixed secret (or TOPGUN_NO_AUTH).
     cli.gateway.jwt_secret = Some(TEST_JWT_SECRET.to_string());
-    if let Err(e) = cli.gateway.validate() {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
     let storage = StorageConfig {
         backend: Some(std::env::var("STORAGE_BACKEND").unwrap_or_else(|_| "null".into())),
         database_url: std::env::var("DATABASE_URL").ok(),
         ..StorageConfig::default()
     };
-    let store = match topgun_storage::open_store(&storage).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
-    let options = topgun_standalone::suite::SuiteOptions {
-        gateway: cli.gateway,
-        store,
-        announce_port: true,
-    };
-    if let Err(e) =
-        topgun_standalone::suite::run(options, topgun_gateway::network::module::shutdown_signal())
-            .await
-    {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    topgun_standalone::suite::run_binary(cli.gateway, storage).await;
 }

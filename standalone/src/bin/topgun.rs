@@ -41,10 +41,6 @@ struct StorageArgs {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    if let Err(e) = cli.gateway.validate() {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    }
     let storage = StorageConfig {
         backend: cli.storage.storage_backend,
         database_url: cli.storage.database_url,
@@ -52,23 +48,5 @@ async fn main() {
         table: cli.storage.table,
         ..StorageConfig::default()
     };
-    let store = match topgun_storage::open_store(&storage).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
-        }
-    };
-    let options = topgun_standalone::suite::SuiteOptions {
-        gateway: cli.gateway,
-        store,
-        announce_port: true,
-    };
-    if let Err(e) =
-        topgun_standalone::suite::run(options, topgun_gateway::network::module::shutdown_signal())
-            .await
-    {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    topgun_standalone::suite::run_binary(cli.gateway, storage).await;
 }
