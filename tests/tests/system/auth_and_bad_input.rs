@@ -187,3 +187,30 @@ async fn invalid_map_names_are_rejected_without_applying_anything() {
         .await;
     assert_eq!(c.recv().await["type"], "OP_ACK");
 }
+
+#[tokio::test]
+async fn partition_map_names_this_gateway_as_owner_of_all_partitions() {
+    let server = TestServer::start(&[]).await;
+    let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
+    c.send(&json!({"type": "PARTITION_MAP_REQUEST"})).await;
+    let map = c.recv_type("PARTITION_MAP").await;
+    let payload = &map["payload"];
+    assert_eq!(payload["version"], 1);
+    assert_eq!(payload["partitionCount"], 271);
+    assert_eq!(payload["nodes"][0]["status"], "ACTIVE");
+    assert_eq!(
+        payload["nodes"][0]["endpoints"]["websocket"],
+        format!("ws://127.0.0.1:{}/ws", server.port)
+    );
+    let partitions = payload["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 271);
+    assert!(partitions
+        .iter()
+        .enumerate()
+        .all(|(i, p)| p["partitionId"] == i && p["ownerNodeId"] == payload["nodes"][0]["nodeId"]));
+    // A client already holding version 1 gets nothing.
+    c.send(&json!({"type": "PARTITION_MAP_REQUEST", "payload": {"currentVersion": 1}}))
+        .await;
+    c.expect_no("PARTITION_MAP", Duration::from_millis(300))
+        .await;
+}
