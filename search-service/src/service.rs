@@ -12,7 +12,9 @@ use topgun_proto::grpc::search::{
 use crate::engine::{SearchEngine, SearchQuery, DEFAULT_LIMIT};
 use crate::ingest::Ingestor;
 use crate::live::LiveSearch;
+use crate::maps::IndexedMaps;
 use crate::metrics::{SearchMetrics, KIND_LIVE, KIND_ONE_SHOT};
+use topgun_proto::grpc::search::{GetIndexedMapsRequest, IndexedMaps as PbIndexedMaps};
 
 /// The gRPC service over an engine and (optionally) the ingestion feeding it.
 #[derive(Debug, Clone)]
@@ -111,5 +113,45 @@ impl SearchService for SearchGrpc {
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(IndexStatusResponse { documents, shards }))
+    }
+
+    async fn set_indexed_maps(
+        &self,
+        request: Request<PbIndexedMaps>,
+    ) -> Result<Response<PbIndexedMaps>, Status> {
+        let request = request.into_inner();
+        let maps = if request.all {
+            IndexedMaps::All
+        } else {
+            if request.maps.iter().any(|m| m.is_empty()) {
+                return Err(Status::invalid_argument("map names must not be empty"));
+            }
+            IndexedMaps::Only(request.maps.into_iter().collect())
+        };
+        self.engine
+            .set_indexed_maps(maps)
+            .await
+            .map_err(Status::from)?;
+        Ok(Response::new(to_pb(&self.engine.indexed_maps())))
+    }
+
+    async fn get_indexed_maps(
+        &self,
+        _request: Request<GetIndexedMapsRequest>,
+    ) -> Result<Response<PbIndexedMaps>, Status> {
+        Ok(Response::new(to_pb(&self.engine.indexed_maps())))
+    }
+}
+
+fn to_pb(maps: &IndexedMaps) -> PbIndexedMaps {
+    match maps {
+        IndexedMaps::All => PbIndexedMaps {
+            all: true,
+            maps: vec![],
+        },
+        IndexedMaps::Only(names) => PbIndexedMaps {
+            all: false,
+            maps: names.iter().cloned().collect(),
+        },
     }
 }

@@ -261,9 +261,21 @@ pub async fn maps(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Respons
     Json(MapsResponse { maps }).into_response()
 }
 
-fn settings_body(gw: &Gateway) -> Settings {
+async fn settings_body(gw: &Gateway) -> Settings {
+    let searchable_maps = match &gw.search {
+        Some(replicas) => match replicas.indexed_maps().await {
+            Ok(None) => Some(vec!["*".to_string()]),
+            Ok(Some(maps)) => Some(maps),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the searchable maps");
+                None
+            }
+        },
+        None => None,
+    };
     let server = gw.server.read().clone();
     Settings {
+        searchable_maps,
         node_id: gw.node_id(),
         default_operation_timeout_ms: server.default_operation_timeout_ms,
         max_concurrent_operations: server.max_concurrent_operations,
@@ -284,7 +296,7 @@ pub async fn get_settings(State(gw): State<Arc<Gateway>>, headers: HeaderMap) ->
     if let Err(resp) = require_admin(&gw, &headers) {
         return resp;
     }
-    Json(settings_body(&gw)).into_response()
+    Json(settings_body(&gw).await).into_response()
 }
 
 /// Changes runtime settings; every field is validated before anything is applied.
@@ -359,6 +371,45 @@ pub async fn put_settings(
         }
         Some(_) => return invalid("logLevel", "a string"),
     };
+    let searchable = match obj.get("searchableMaps") {
+        None => None,
+        Some(v) => {
+            let names: Option<Vec<String>> = v.as_array().and_then(|items| {
+                items
+                    .iter()
+                    .map(|i| i.as_str().filter(|n| !n.is_empty()).map(str::to_string))
+                    .collect()
+            });
+            match names {
+                Some(_) if gw.search.is_none() => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "search service not configured",
+                        None,
+                    );
+                }
+                // `["*"]` means every map.
+                Some(names) if names.iter().any(|n| n == "*") => Some(None),
+                Some(names) => Some(Some(names)),
+                None => {
+                    return invalid(
+                        "searchableMaps",
+                        "an array of non-empty map names or [\"*\"]",
+                    )
+                }
+            }
+        }
+    };
+    // The only setting that can fail remotely goes first, so a failure changes nothing.
+    if let (Some(maps), Some(replicas)) = (searchable, &gw.search) {
+        if let Err(e) = replicas.set_indexed_maps(maps).await {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("search replicas refused: {}", e.message()),
+                Some("searchableMaps"),
+            );
+        }
+    }
     if let Some((log, level)) = log_level {
         if let Err(e) = log.set(&level) {
             return json_error(StatusCode::BAD_REQUEST, e, Some("logLevel"));
@@ -370,7 +421,7 @@ pub async fn put_settings(
     if let Some(max) = max_ops {
         gw.set_max_concurrent_operations(max);
     }
-    Json(settings_body(&gw)).into_response()
+    Json(settings_body(&gw).await).into_response()
 }
 
 /// Every permission policy.

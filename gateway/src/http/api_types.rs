@@ -146,6 +146,9 @@ pub struct Settings {
     /// Live log filter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
+    /// Maps the search replicas index (`["*"]` = every map); absent without search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub searchable_maps: Option<Vec<String>>,
 }
 
 /// PUT /api/admin/settings body: any subset of the changeable fields.
@@ -158,6 +161,8 @@ pub struct SettingsUpdate {
     pub gc_interval_ms: Option<u64>,
     /// 1 ..= 1 000 000.
     pub max_concurrent_operations: Option<u32>,
+    /// Map names to index, or `["*"]` for every map.
+    pub searchable_maps: Option<Vec<String>>,
 }
 
 /// GET /api/admin/policies.

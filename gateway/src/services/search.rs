@@ -11,7 +11,9 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use topgun_proto::grpc::search::search_service_client::SearchServiceClient;
-use topgun_proto::grpc::search::{SearchEvent, SearchRequest, SearchResponse};
+use topgun_proto::grpc::search::{
+    GetIndexedMapsRequest, IndexedMaps, SearchEvent, SearchRequest, SearchResponse,
+};
 use topgun_proto::internal_auth::TokenAttach;
 
 /// A search-service client carrying the internal token.
@@ -177,6 +179,38 @@ impl SearchReplicas {
                     replica.healthy.store(false, Ordering::Relaxed);
                     last = status;
                 }
+            }
+        }
+        Err(last)
+    }
+
+    /// Sets which maps every replica indexes (`None` = all); fails if any replica refuses,
+    /// so replicas never silently disagree.
+    pub async fn set_indexed_maps(&self, maps: Option<Vec<String>>) -> Result<(), tonic::Status> {
+        let request = IndexedMaps {
+            all: maps.is_none(),
+            maps: maps.unwrap_or_default(),
+        };
+        for replica in self.replicas() {
+            let mut req = tonic::Request::new(request.clone());
+            req.set_timeout(self.timeout);
+            replica.client.clone().set_indexed_maps(req).await?;
+        }
+        Ok(())
+    }
+
+    /// The maps indexed by the first replica that answers (`None` = all).
+    pub async fn indexed_maps(&self) -> Result<Option<Vec<String>>, tonic::Status> {
+        let mut last = tonic::Status::unavailable("no search replica configured");
+        for replica in self.rotation() {
+            let mut req = tonic::Request::new(GetIndexedMapsRequest {});
+            req.set_timeout(self.timeout);
+            match replica.client.clone().get_indexed_maps(req).await {
+                Ok(resp) => {
+                    let maps = resp.into_inner();
+                    return Ok((!maps.all).then_some(maps.maps));
+                }
+                Err(status) => last = status,
             }
         }
         Err(last)

@@ -515,3 +515,108 @@ async fn cors_preflight_allows_any_origin_by_default() {
         .expect("get");
     assert_eq!(get.headers()["access-control-allow-origin"], "*");
 }
+
+async fn search_hits(c: &mut WsClient, map: &str, query: &str) -> usize {
+    let id = uuid::Uuid::new_v4().to_string();
+    c.send(
+        &json!({"type": "SEARCH", "payload": {"requestId": id, "mapName": map, "query": query}}),
+    )
+    .await;
+    c.recv_type("SEARCH_RESP").await["payload"]["results"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn searchable_maps_are_a_runtime_setting() {
+    let server = server().await;
+    let url = format!("{}/api/admin/settings", server.http_url());
+    let settings: Value = http()
+        .get(&url)
+        .bearer_auth(admin_token())
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(settings["searchableMaps"], json!(["*"]));
+    let bad = http()
+        .put(&url)
+        .bearer_auth(admin_token())
+        .json(&json!({"searchableMaps": "all"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        bad.json::<Value>().await.expect("json")["field"],
+        "searchableMaps"
+    );
+
+    let (indexed, skipped) = (map_name("indexed"), map_name("skipped"));
+    let ok = http()
+        .put(&url)
+        .bearer_auth(admin_token())
+        .json(&json!({"searchableMaps": [indexed]}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        ok.json::<Value>().await.expect("json")["searchableMaps"],
+        json!([indexed])
+    );
+
+    let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
+    c.send(&batch(vec![
+        put(
+            "1",
+            &indexed,
+            "a",
+            json!({"t": "needle"}),
+            1_700_000_000_000,
+            "c",
+        ),
+        put(
+            "2",
+            &skipped,
+            "b",
+            json!({"t": "needle"}),
+            1_700_000_000_001,
+            "c",
+        ),
+    ]))
+    .await;
+    c.recv_type("OP_ACK").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while search_hits(&mut c, &indexed, "needle").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "indexed map never searchable"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        search_hits(&mut c, &skipped, "needle").await,
+        0,
+        "maps outside the setting are not indexed"
+    );
+
+    // Back to every map: the skipped map is rescanned and becomes searchable.
+    let all = http()
+        .put(&url)
+        .bearer_auth(admin_token())
+        .json(&json!({"searchableMaps": ["*"]}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(all.status(), 200);
+    while search_hits(&mut c, &skipped, "needle").await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rescan after the setting changed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
