@@ -297,3 +297,110 @@ async fn a_policy_created_on_one_gateway_applies_on_every_gateway_and_survives_r
     assert_eq!(error["type"], "ERROR");
     assert_eq!(error["payload"]["code"], 403);
 }
+
+#[tokio::test]
+async fn sigkill_of_a_shard_under_write_load_fails_only_its_partitions_and_loses_nothing() {
+    use topgun_proto::partition::{partition_of, shard_of_partition};
+    let url = database_url();
+    let table = unique_table("under_load");
+    let mut suite = Suite::start(Layout {
+        search_replicas: 0,
+        gateways: 1,
+        shards: 2,
+        storage: Storage::Postgres {
+            url: url.clone(),
+            table: table.clone(),
+        },
+    })
+    .await;
+    let map = map_name("load");
+    let key_on = |shard: u32, n: u64| {
+        (n * 1000..)
+            .map(|i| format!("k{i}"))
+            .find(|k| shard_of_partition(partition_of(k), 2) == shard)
+            .expect("a key")
+    };
+    let mut c = WsClient::connect_authed(&suite.ws_url(), &token("w")).await;
+    let mut acked: std::collections::BTreeMap<String, u64> = Default::default();
+    let (mut ok_other_during_outage, mut failed_dead_during_outage) = (0, 0);
+    let mut id = 0u64;
+    for round in 0..60u64 {
+        if round == 20 {
+            suite.shards[0].kill_9().await;
+        }
+        if round == 40 {
+            suite.shards[0].restart();
+            suite.wait_ready(0, Duration::from_secs(60)).await;
+        }
+        for shard in [0u32, 1] {
+            id += 1;
+            let key = key_on(shard, round);
+            let mut msg = batch(vec![put(
+                &id.to_string(),
+                &map,
+                &key,
+                json!(round),
+                1_700_000_000_000 + id,
+                "w",
+            )]);
+            msg["payload"]["writeConcern"] = json!("PERSISTED");
+            c.send(&msg).await;
+            let reply = c.recv().await;
+            let outage = (20..40).contains(&round);
+            match reply["type"].as_str() {
+                Some("OP_ACK") => {
+                    acked.insert(key, round);
+                    if outage && shard == 1 {
+                        ok_other_during_outage += 1;
+                    }
+                }
+                Some("ERROR") => {
+                    assert!(
+                        [503u64, 500, 429]
+                            .contains(&reply["payload"]["code"].as_u64().unwrap_or(0)),
+                        "{reply}"
+                    );
+                    assert!(
+                        outage && shard == 0,
+                        "only the dead shard's ops fail: round {round} shard {shard}: {reply}"
+                    );
+                    failed_dead_during_outage += 1;
+                }
+                other => panic!("unexpected reply {other:?}: {reply}"),
+            }
+        }
+    }
+    assert_eq!(
+        ok_other_during_outage, 20,
+        "the live shard kept accepting writes"
+    );
+    assert_eq!(
+        failed_dead_during_outage, 20,
+        "the dead shard's ops got retryable errors"
+    );
+
+    // Every acknowledged write is there, and a fresh client's Merkle sync converges.
+    let mut reader = WsClient::connect_authed(&suite.ws_url(), &token("r")).await;
+    let all = read_all(&mut reader, &map).await;
+    for (key, round) in &acked {
+        assert_eq!(all.get(key), Some(&json!(round)), "{key}");
+    }
+    let synced = merkle_walk(&mut reader, &map, &ClientTree::default()).await;
+    let mut tree = ClientTree::default();
+    for (key, record) in &synced {
+        let ts = &record["timestamp"];
+        tree.put(
+            key,
+            ts["millis"].as_u64().expect("millis"),
+            ts["counter"].as_u64().expect("counter"),
+            ts["nodeId"].as_str().expect("node"),
+        );
+    }
+    assert_eq!(synced.len(), acked.len());
+    assert!(
+        merkle_walk(&mut reader, &map, &tree).await.is_empty(),
+        "second sync finds nothing to transfer"
+    );
+    drop(suite);
+    drop_table(&url, &table).await;
+}
