@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod hash;
 pub mod hlc;
 pub mod internal_auth;
+pub mod internal_tls;
 pub mod numbers;
 pub mod partition;
 pub mod predicate;

@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use topgun_ops::{HealthState, OpsServer};
@@ -160,7 +159,11 @@ async fn run(
             let _ = draining_tx.send(true);
         }
     };
-    let server = Server::builder()
+    let server = topgun_proto::internal_tls::server_builder()
+        .map_err(|reason| SearchError::Config {
+            setting: "TOPGUN_INTERNAL_TLS_CERT",
+            reason,
+        })?
         .timeout(CALL_TIMEOUT)
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)

@@ -29,7 +29,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 use topgun_ops::{HealthState, OpsServer};
 use topgun_proto::grpc::storage::storage_service_server::StorageServiceServer;
 use topgun_proto::internal_auth::TokenCheck;
@@ -246,7 +245,11 @@ async fn serve_store(
             .await;
         let _ = draining_tx.send(true);
     };
-    let server = Server::builder()
+    let server = topgun_proto::internal_tls::server_builder()
+        .map_err(|reason| StorageError::Config {
+            setting: "TOPGUN_INTERNAL_TLS_CERT",
+            reason,
+        })?
         .timeout(CALL_TIMEOUT)
         .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
         .add_service(health_service)

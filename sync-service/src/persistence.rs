@@ -110,6 +110,8 @@ impl Persistence {
             .map_err(|e| SyncError::Config(format!("STORAGE_ADDR {addr:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        let endpoint =
+            topgun_proto::internal_tls::client_endpoint(endpoint).map_err(SyncError::Config)?;
         let attach = TokenAttach::new(token).map_err(SyncError::Config)?;
         let client =
             StorageServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))

@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use topgun_ops::{HealthState, OpsServer};
@@ -132,7 +131,8 @@ pub async fn serve_with_ops(
     ));
 
     let mut server_stop = stop_rx.clone();
-    let server = Server::builder()
+    let server = topgun_proto::internal_tls::server_builder()
+        .map_err(SyncError::Config)?
         // Change-feed streams idle for long stretches; pings keep them (and the
         // proxies between) alive and detect dead peers.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

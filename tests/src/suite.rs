@@ -31,6 +31,8 @@ pub struct Layout {
     pub gateways: usize,
     /// Storage backend.
     pub storage: Storage,
+    /// Internal gRPC over (mutual) TLS with a throw-away certificate.
+    pub internal_tls: bool,
 }
 
 impl Default for Layout {
@@ -40,6 +42,43 @@ impl Default for Layout {
             search_replicas: 0,
             gateways: 1,
             storage: Storage::Null,
+            internal_tls: false,
+        }
+    }
+}
+
+/// A throw-away certificate for internal gRPC TLS (empty paths when TLS is off, which
+/// the services read as "not configured").
+#[derive(Debug)]
+struct InternalTlsFiles {
+    _dir: Option<tempfile::TempDir>,
+    cert: String,
+    key: String,
+}
+
+impl InternalTlsFiles {
+    fn new(enabled: bool) -> Self {
+        if !enabled {
+            return InternalTlsFiles {
+                _dir: None,
+                cert: String::new(),
+                key: String::new(),
+            };
+        }
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+        ])
+        .expect("self-signed certificate");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("internal.pem");
+        let key = dir.path().join("internal.key");
+        std::fs::write(&cert, certified.cert.pem()).expect("write cert");
+        std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
+        InternalTlsFiles {
+            cert: cert.to_string_lossy().into_owned(),
+            key: key.to_string_lossy().into_owned(),
+            _dir: Some(dir),
         }
     }
 }
@@ -68,6 +107,7 @@ pub struct Suite {
     /// `http://…` of each search replica's ops port.
     pub search_http: Vec<String>,
     token: String,
+    _tls: Option<InternalTlsFiles>,
 }
 
 impl Suite {
@@ -87,6 +127,7 @@ impl Suite {
             shard_http: vec![],
             search_http: vec![],
             token: String::new(),
+            _tls: None,
         }
     }
 
@@ -99,7 +140,9 @@ impl Suite {
     pub async fn start(layout: Layout) -> Suite {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let storage_port = free_port();
-        let storage_addr = format!("http://127.0.0.1:{storage_port}");
+        let tls = InternalTlsFiles::new(layout.internal_tls);
+        let scheme = if layout.internal_tls { "https" } else { "http" };
+        let storage_addr = format!("{scheme}://127.0.0.1:{storage_port}");
         // Every process gets its own ops port: the defaults would collide on one machine.
         let storage_http_port = free_port();
         let mut storage_env = vec![
@@ -109,6 +152,9 @@ impl Suite {
                 format!("127.0.0.1:{storage_http_port}"),
             ),
             ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+            ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+            ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+            ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
         ];
         match &layout.storage {
             Storage::Null => storage_env.push(("STORAGE_BACKEND", "null".into())),
@@ -126,7 +172,7 @@ impl Suite {
         for index in 0..layout.shards {
             let port = free_port();
             let http_port = free_port();
-            shard_addrs.push(format!("http://127.0.0.1:{port}"));
+            shard_addrs.push(format!("{scheme}://127.0.0.1:{port}"));
             shard_http.push(format!("http://127.0.0.1:{http_port}"));
             shards.push(Service::spawn(
                 "sync-service",
@@ -139,6 +185,12 @@ impl Suite {
                     ("NODE_ID", format!("sync-{index}")),
                     ("STORAGE_ADDR", storage_addr.clone()),
                     ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                 ],
             ));
         }
@@ -149,7 +201,7 @@ impl Suite {
         for index in 0..layout.search_replicas {
             let port = free_port();
             let http_port = free_port();
-            search_addrs.push(format!("http://127.0.0.1:{port}"));
+            search_addrs.push(format!("{scheme}://127.0.0.1:{port}"));
             search_http.push(format!("http://127.0.0.1:{http_port}"));
             search.push(Service::spawn(
                 "search-service",
@@ -160,6 +212,12 @@ impl Suite {
                     ("SYNC_ADDRS", shard_addrs.join(",")),
                     ("NODE_ID", format!("search-{index}")),
                     ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                 ],
             ));
         }
@@ -181,6 +239,12 @@ impl Suite {
                     ("JWT_SECRET", TEST_JWT_SECRET.into()),
                     ("TOPGUN_ADMIN_PASSWORD", "admin-pass".into()),
                     ("TOPGUN_INTERNAL_TOKEN", token.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
+                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
+                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                 ],
             ));
         }
@@ -196,6 +260,7 @@ impl Suite {
             shard_http,
             search_http,
             token,
+            _tls: Some(tls),
         };
         for i in 0..suite.gateway_ports.len() {
             suite.wait_ready(i, Duration::from_secs(60)).await;

@@ -50,6 +50,7 @@ fn connect(addr: &str, token: &TokenAttach) -> Result<Arc<Replica>, String> {
         .map_err(|e| format!("invalid search address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
+    let endpoint = topgun_proto::internal_tls::client_endpoint(endpoint)?;
     Ok(Arc::new(Replica {
         addr: addr.to_string(),
         client: SearchServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone()),

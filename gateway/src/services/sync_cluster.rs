@@ -84,6 +84,7 @@ impl SyncCluster {
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))
                     .keep_alive_while_idle(true);
+                let endpoint = topgun_proto::internal_tls::client_endpoint(endpoint)?;
                 let client =
                     SyncServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone())
                         .max_decoding_message_size(256 * 1024 * 1024)

@@ -46,6 +46,12 @@ pub(crate) fn connect(addr: &str, token: Option<&str>) -> Result<SyncClient, Sea
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
+    let endpoint = topgun_proto::internal_tls::client_endpoint(endpoint).map_err(|reason| {
+        SearchError::Config {
+            setting: "TOPGUN_INTERNAL_TLS_CA",
+            reason,
+        }
+    })?;
     let attach = TokenAttach::new(token).map_err(|reason| SearchError::Config {
         setting: "TOPGUN_INTERNAL_TOKEN",
         reason,

@@ -14,6 +14,7 @@ fn layout(storage: Storage) -> Layout {
         search_replicas: 2,
         gateways: 2,
         storage,
+        internal_tls: false,
     }
 }
 
@@ -132,6 +133,7 @@ async fn restarting_storage_and_postgres_needs_no_other_restart() {
             url: pg.url(),
             table: "topgun_maps".into(),
         },
+        internal_tls: false,
     })
     .await;
     let map = map_name("restart");
@@ -183,6 +185,7 @@ async fn partition_ownership_is_disjoint_and_complete_across_shards() {
             url: url.clone(),
             table: table.clone(),
         },
+        internal_tls: false,
     })
     .await;
     let status: serde_json::Value = reqwest::Client::new()
@@ -220,6 +223,7 @@ async fn a_policy_created_on_one_gateway_applies_on_every_gateway_and_survives_r
         gateways: 2,
         shards: 2,
         storage: Storage::Null,
+        internal_tls: false,
     })
     .await;
     let map = map_name("guarded");
@@ -311,6 +315,7 @@ async fn sigkill_of_a_shard_under_write_load_fails_only_its_partitions_and_loses
             url: url.clone(),
             table: table.clone(),
         },
+        internal_tls: false,
     })
     .await;
     let map = map_name("load");
@@ -403,4 +408,50 @@ async fn sigkill_of_a_shard_under_write_load_fails_only_its_partitions_and_loses
     );
     drop(suite);
     drop_table(&url, &table).await;
+}
+
+#[tokio::test]
+async fn internal_grpc_runs_over_mutual_tls_and_refuses_plaintext() {
+    let suite = Suite::start(Layout {
+        search_replicas: 1,
+        gateways: 1,
+        shards: 2,
+        storage: Storage::Null,
+        internal_tls: true,
+    })
+    .await;
+    assert!(suite.shard_addrs.iter().all(|a| a.starts_with("https://")));
+    let map = map_name("tls");
+    let mut c = WsClient::connect_authed(&suite.ws_url(), &token("u")).await;
+    write_persisted(&mut c, &map, 30).await;
+    assert_eq!(read_all(&mut c, &map).await.len(), 30);
+    // Search replicas ingest from the shards over TLS too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        c.send(
+            &json!({"type": "SEARCH", "payload": {"requestId": "s", "mapName": map, "query": "i"}}),
+        )
+        .await;
+        let resp = c.recv_type("SEARCH_RESP").await;
+        assert!(resp["payload"].get("error").is_none(), "{resp}");
+        // Values are {"i": n}: no text, so a zero-hit answer proves the replica answered over TLS.
+        if resp["payload"]["results"].is_array() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+
+    // A plaintext client cannot talk to a shard.
+    let plain = suite.shard_addrs[0].replace("https://", "http://");
+    let mut client =
+        topgun_proto::grpc::sync::sync_service_client::SyncServiceClient::connect(plain)
+            .await
+            .expect("lazy TCP connect succeeds");
+    let result = client
+        .shard_info(topgun_proto::grpc::sync::ShardInfoRequest {})
+        .await;
+    assert!(
+        result.is_err(),
+        "plaintext call must fail against a TLS shard"
+    );
 }
