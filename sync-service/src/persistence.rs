@@ -94,6 +94,9 @@ impl PreparedWrite {
 #[derive(Debug)]
 pub struct Persistence {
     client: StorageClient,
+    addr: String,
+    /// Outcome of the last storage call, for ShardInfo and cluster status.
+    healthy: std::sync::atomic::AtomicBool,
     pending: Mutex<HashSet<RowId>>,
     call_timeout: Duration,
 }
@@ -119,6 +122,8 @@ impl Persistence {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Persistence {
             client,
+            addr: addr.to_string(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
             pending: Mutex::new(HashSet::new()),
             call_timeout,
         })
@@ -203,14 +208,28 @@ impl Persistence {
         let mut request = Request::new(pb::WriteBatchRequest { mutations });
         request.set_timeout(self.call_timeout);
         let mut client = self.client.clone();
-        match tokio::time::timeout(self.call_timeout, client.write_batch(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(storage_error(status)),
-            Err(_) => Err(SyncError::StorageUnavailable(format!(
-                "WriteBatch timed out after {} ms",
-                self.call_timeout.as_millis()
-            ))),
-        }
+        let result =
+            match tokio::time::timeout(self.call_timeout, client.write_batch(request)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(status)) => Err(storage_error(status)),
+                Err(_) => Err(SyncError::StorageUnavailable(format!(
+                    "WriteBatch timed out after {} ms",
+                    self.call_timeout.as_millis()
+                ))),
+            };
+        self.healthy
+            .store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// The storage service address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the last storage write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Streams every stored row of `partitions`, calling `on_page` per page.

@@ -403,6 +403,12 @@ impl Shard {
             partitions: self.partitions.as_slice().to_vec(),
             epoch: self.feed.epoch().to_string(),
             last_seq: self.feed.last_seq(),
+            storage_addr: self
+                .persistence
+                .as_ref()
+                .map(|p| p.addr().to_string())
+                .unwrap_or_default(),
+            storage_healthy: self.persistence.as_ref().is_none_or(|p| p.is_healthy()),
         }
     }
 

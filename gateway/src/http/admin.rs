@@ -179,6 +179,17 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
             0,
         ));
     }
+    // Storage services as the shards see them (one row per distinct address).
+    let mut storages: BTreeMap<String, bool> = BTreeMap::new();
+    for info in gw.sync.shards().iter().filter_map(|s| s.info()) {
+        if !info.storage_addr.is_empty() {
+            *storages.entry(info.storage_addr).or_insert(true) &= info.storage_healthy;
+        }
+    }
+    for (addr, healthy) in storages {
+        let status = if healthy { "healthy" } else { "suspect" };
+        nodes.push(node(addr.clone(), "storage", addr, status, 0, 0));
+    }
     for replica in gw.search.iter().flat_map(|r| r.replicas()) {
         let status = if replica.is_healthy() {
             "healthy"

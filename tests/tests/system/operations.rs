@@ -211,10 +211,9 @@ async fn maps_and_cluster_status_describe_the_data_and_the_members() {
         .iter()
         .filter_map(|n| n["role"].as_str())
         .collect();
-    assert!(
-        roles.contains(&"gateway") && roles.contains(&"sync"),
-        "{roles:?}"
-    );
+    for role in ["gateway", "sync", "storage", "search"] {
+        assert!(roles.contains(&role), "{role} missing from {roles:?}");
+    }
 }
 
 #[tokio::test]
