@@ -4,7 +4,6 @@
 
 use crate::auth::Principal;
 use crate::error::GatewayError;
-use crate::services::sync_cluster::is_retryable;
 use crate::state::Gateway;
 use std::sync::Arc;
 use std::time::Instant;
@@ -260,8 +259,13 @@ async fn apply_inner(
                     .grpc_client_duration
                     .with_label_values(&["sync", "ApplyBatch"])
                     .observe(t.elapsed().as_secs_f64());
+                // Only a failed connection says the shard is unreachable; an
+                // application error means it answered.
                 handle.mark(
-                    result.is_ok() || result.as_ref().err().is_some_and(|s| !is_transport(s)),
+                    result
+                        .as_ref()
+                        .err()
+                        .is_none_or(|s| s.code() != tonic::Code::Unavailable),
                 );
                 (idx, result)
             }
@@ -329,10 +333,6 @@ async fn apply_inner(
         achieved: achieved_all,
         results_needed,
     })
-}
-
-fn is_transport(status: &tonic::Status) -> bool {
-    is_retryable(status) && status.code() == tonic::Code::Unavailable
 }
 
 /// Wire spelling of a level.

@@ -171,18 +171,3 @@ impl SyncCluster {
         answered
     }
 }
-
-/// gRPC failures a client may retry: overload, outage, deadline, ownership moved.
-pub fn is_retryable(status: &tonic::Status) -> bool {
-    use tonic::Code;
-    matches!(
-        status.code(),
-        Code::Unavailable
-            | Code::ResourceExhausted
-            | Code::DeadlineExceeded
-            | Code::FailedPrecondition
-            | Code::Cancelled
-            | Code::Aborted
-            | Code::Unknown
-    )
-}

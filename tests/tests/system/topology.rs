@@ -425,20 +425,31 @@ async fn internal_grpc_runs_over_mutual_tls_and_refuses_plaintext() {
     let mut c = WsClient::connect_authed(&suite.ws_url(), &token("u")).await;
     write_persisted(&mut c, &map, 30).await;
     assert_eq!(read_all(&mut c, &map).await.len(), 30);
-    // Search replicas ingest from the shards over TLS too.
+    // The search replica ingests from the shards, and answers the gateway, over TLS too.
+    c.send(&batch(vec![put(
+        "9000",
+        &map,
+        "doc",
+        json!({"t": "needle"}),
+        1_800_000_000_000,
+        "u",
+    )]))
+    .await;
+    c.recv_type("OP_ACK").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        c.send(
-            &json!({"type": "SEARCH", "payload": {"requestId": "s", "mapName": map, "query": "i"}}),
-        )
-        .await;
+        c.send(&json!({"type": "SEARCH", "payload": {"requestId": "s", "mapName": map, "query": "needle"}}))
+            .await;
         let resp = c.recv_type("SEARCH_RESP").await;
         assert!(resp["payload"].get("error").is_none(), "{resp}");
-        // Values are {"i": n}: no text, so a zero-hit answer proves the replica answered over TLS.
-        if resp["payload"]["results"].is_array() {
+        if resp["payload"]["results"][0]["key"] == "doc" {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never indexed over TLS: {resp}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // A plaintext client cannot talk to a shard.
