@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "topgun/sync/v1/sync.proto",
     "topgun/storage/v1/storage.proto",
     "topgun/search/v1/search.proto",
+    "topgun/cluster/v1/cluster.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

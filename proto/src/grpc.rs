@@ -33,8 +33,16 @@ pub mod topgun {
             tonic::include_proto!("topgun.search.v1");
         }
     }
+    /// `topgun.cluster.v1`.
+    pub mod cluster {
+        /// Version 1.
+        pub mod v1 {
+            tonic::include_proto!("topgun.cluster.v1");
+        }
+    }
 }
 
+pub use topgun::cluster::v1 as cluster;
 pub use topgun::common::v1 as common;
 pub use topgun::search::v1 as search;
 pub use topgun::storage::v1 as storage;

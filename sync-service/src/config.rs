@@ -44,6 +44,11 @@ pub struct SyncConfig {
     #[arg(long, env = "SYNC_PARTITIONS")]
     pub partitions: Option<String>,
 
+    /// Start owning no partition and wait for `SetPartitions` (peer cluster mode, where
+    /// membership decides ownership; set programmatically, overrides the above).
+    #[arg(skip)]
+    pub start_unowned: bool,
+
     /// Storage service endpoint, e.g. `http://127.0.0.1:50053` (`STORAGE_ADDR`); unset
     /// = memory only (writes reach APPLIED, never PERSISTED).
     #[arg(long, env = "STORAGE_ADDR")]
@@ -87,6 +92,7 @@ impl Default for SyncConfig {
             shard_index: 0,
             shard_count: 1,
             partitions: None,
+            start_unowned: false,
             storage_addr: None,
             internal_token: None,
             gc_interval_ms: 60_000,
@@ -161,10 +167,11 @@ impl SyncConfig {
             ));
         }
         let partitions = match self.partitions.as_deref().filter(|p| !p.trim().is_empty()) {
+            _ if self.start_unowned => PartitionSet::from_list([]),
             Some(spec) => PartitionSet::parse(spec)?,
             None => PartitionSet::from_list(shard_partitions(self.shard_index, self.shard_count)),
         };
-        if partitions.is_empty() {
+        if partitions.is_empty() && !self.start_unowned {
             return bad("the shard owns no partition".into());
         }
         let storage_addr = self.storage_addr.clone().filter(|a| !a.trim().is_empty());

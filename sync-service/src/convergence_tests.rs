@@ -2,7 +2,9 @@
 //! * replicas that receive the same ops in any order, with duplicates, end with
 //!   identical contents and identical Merkle trees;
 //! * a map split over shards by partition has the single-shard tree as the sum of the
-//!   shards' trees at every node (what the gateway computes).
+//!   shards' trees at every node (what the gateway computes);
+//! * dropping partitions (a shard giving them up) leaves the hashes of a replica that
+//!   never held them, and merging them back (regaining them) restores the tree.
 
 use crate::config::PartitionSet;
 use crate::merkle::{MerkleTree, NodePath};
@@ -283,5 +285,52 @@ proptest! {
                 prop_assert_eq!(&summed, buckets, "buckets at {:?} of {}", path, name);
             }
         }
+    }
+
+    #[test]
+    fn dropped_partitions_leave_no_trace_and_merge_back_to_the_same_tree(
+        (ops, dropped) in (ops(60, 80), proptest::collection::btree_set(0u32..271, 0..271))
+    ) {
+        let order: Vec<usize> = (0..ops.len()).collect();
+        let reference = replica(&ops, &order, &PartitionSet::all());
+        let kept = PartitionSet::from_list((0..271).filter(|p| !dropped.contains(p)));
+        let mut state = replica(&ops, &order, &PartitionSet::all());
+        state.drop_partitions(|p| dropped.contains(&p));
+
+        // Exactly the kept keys remain, with every node hash of a replica that only ever
+        // held them (nodes may linger with a zero hash, as after any removal).
+        let only_kept = replica(&ops, &order, &kept);
+        let diff = first_difference(&contents(&state), &contents(&only_kept));
+        prop_assert!(diff.is_none(), "contents differ: {:?}", diff);
+        let hashes = |state: &ShardState| -> BTreeMap<String, Vec<(String, u32)>> {
+            trees(state)
+                .into_iter()
+                .map(|(name, nodes)| (name, nodes.into_iter().map(|(p, h, _)| (p, h)).collect::<Vec<_>>()))
+                .filter(|(_, nodes)| nodes.iter().any(|(_, h)| *h != 0))
+                .collect()
+        };
+        prop_assert_eq!(hashes(&state), hashes(&only_kept));
+
+        // Merging the dropped keys back, as a load from storage does, restores every node.
+        for (name, map) in reference.lww_maps() {
+            for (key, record) in map.iter() {
+                let key = HashedKey::new(key.clone());
+                if dropped.contains(&key.partition()) {
+                    state.load_lww(name, &key, record.clone());
+                }
+            }
+        }
+        for (name, map) in reference.or_maps() {
+            for (key, key_state) in map.iter() {
+                let key = HashedKey::new(key.clone());
+                if dropped.contains(&key.partition()) {
+                    state.load_or(name, &key, key_state.clone());
+                }
+            }
+        }
+        let diff = first_difference(&contents(&state), &contents(&reference));
+        prop_assert!(diff.is_none(), "contents differ: {:?}", diff);
+        let diff = first_tree_difference(&trees(&state), &trees(&reference));
+        prop_assert!(diff.is_none(), "trees differ: {:?}", diff);
     }
 }

@@ -7,9 +7,9 @@
 //! feed, relays topic messages, and writes every change through to the storage
 //! service before acknowledging it.
 //!
-//! Entry points: [`serve`], [`serve_with_listener`] and [`serve_with_ops`], configured by
-//! [`SyncConfig`]; the ops HTTP port (health, Prometheus metrics) is served by the first
-//! and the last.
+//! Entry points: [`serve`], [`serve_with_listener`], [`serve_with_routes`] (extra gRPC
+//! services on the same listener) and [`serve_with_ops`], configured by [`SyncConfig`];
+//! the ops HTTP port (health, Prometheus metrics) is served by the first and the last.
 
 #![warn(missing_docs)]
 
@@ -35,5 +35,5 @@ mod convergence_tests;
 
 pub use config::SyncConfig;
 pub use error::SyncError;
-pub use server::{serve, serve_with_listener, serve_with_ops};
-pub use shard::Shard;
+pub use server::{serve, serve_with_listener, serve_with_ops, serve_with_routes};
+pub use shard::{Ownership, SetPartitionsOutcome, Shard};

@@ -4,15 +4,18 @@
 //! changed it, so a row written late is still the newest state. Rows that could not be
 //! written wait in a bounded pending set and are retried by every later batch and by a
 //! background task: without that, a client's retry of a failed batch would merge as
-//! "unchanged" and its data would never reach storage.
+//! "unchanged" and its data would never reach storage. When the shard gives up a
+//! partition, its pending rows are frozen first (the state they would be rebuilt from is
+//! dropped) and keep flushing; the storage guard keeps the newest row either way.
 
+use crate::config::PartitionSet;
 use crate::crdt::OrKeyState;
 use crate::error::SyncError;
 use crate::requests::{HashedKey, MapKind};
 use crate::state::{RowId, ShardState};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
@@ -24,6 +27,7 @@ use topgun_proto::grpc::storage as pb;
 use topgun_proto::grpc::storage::storage_service_client::StorageServiceClient;
 use topgun_proto::hlc::{Hlc, Timestamp};
 use topgun_proto::internal_auth::TokenAttach;
+use topgun_proto::partition::partition_of;
 use topgun_proto::wire::{self, LwwRecord, OrMapRecord};
 
 /// Rows allowed to wait for storage; beyond it new writes are refused (UNAVAILABLE)
@@ -68,25 +72,61 @@ pub struct OrRow {
 /// A storage write built under the state lock, sent after it is released.
 #[derive(Debug, Default)]
 pub struct PreparedWrite {
-    ids: Vec<RowId>,
-    mutations: Vec<pb::Mutation>,
+    /// Rows retried on failure, each with its mutation.
+    rows: Vec<(RowId, pb::Mutation)>,
+    unretried: Vec<pb::Mutation>,
 }
 
 impl PreparedWrite {
     /// Adds mutations that are not retried on failure (GC deletes: the next sweep after
     /// a restart prunes the same rows again).
     pub fn push_unretried(&mut self, mutation: pb::Mutation) {
-        self.mutations.push(mutation);
+        self.unretried.push(mutation);
     }
 
     /// Number of mutations.
     pub fn len(&self) -> usize {
-        self.mutations.len()
+        self.rows.len() + self.unretried.len()
     }
 
     /// True when there is nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.mutations.is_empty()
+        self.rows.is_empty() && self.unretried.is_empty()
+    }
+}
+
+/// Rows waiting for storage.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Rows of owned partitions, rebuilt from the state when sent so they carry the
+    /// newest state of their key.
+    rows: HashSet<RowId>,
+    /// Rows of partitions given up since, frozen when they were: their state is gone.
+    detached: HashMap<RowId, pb::Mutation>,
+    /// The partitions whose rows may be rebuilt from the state; `None` = all.
+    owned: Option<PartitionSet>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.rows.len() + self.detached.len()
+    }
+
+    fn is_owned(&self, id: &RowId) -> bool {
+        self.owned
+            .as_ref()
+            .is_none_or(|owned| owned.contains(partition_of(&id.key)))
+    }
+
+    /// Keeps `mutation` frozen unless a newer row of the same key already is.
+    fn detach(&mut self, id: RowId, mutation: pb::Mutation) {
+        match self.detached.get_mut(&id) {
+            Some(kept) if mutation_stamp(kept) >= mutation_stamp(&mutation) => {}
+            Some(kept) => *kept = mutation,
+            None => {
+                self.detached.insert(id, mutation);
+            }
+        }
     }
 }
 
@@ -97,7 +137,7 @@ pub struct Persistence {
     addr: String,
     /// Outcome of the last storage call, for ShardInfo and cluster status.
     healthy: std::sync::atomic::AtomicBool,
-    pending: Mutex<HashSet<RowId>>,
+    pending: Mutex<Pending>,
     call_timeout: Duration,
 }
 
@@ -124,14 +164,14 @@ impl Persistence {
             client,
             addr: addr.to_string(),
             healthy: std::sync::atomic::AtomicBool::new(true),
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(Pending::default()),
             call_timeout,
         })
     }
 
     /// Refuses new writes while too many rows wait for storage.
     pub fn admit(&self) -> Result<(), SyncError> {
-        let waiting = self.pending.lock().len();
+        let waiting = self.pending_len();
         if waiting >= PENDING_LIMIT {
             return Err(SyncError::StorageUnavailable(format!(
                 "{waiting} changes are waiting for storage; new writes are refused until it recovers"
@@ -160,48 +200,98 @@ impl Persistence {
             .into_iter()
             .filter(|id| seen.insert(id.clone()))
             .collect();
+        let mut frozen = Vec::new();
         {
             let mut pending = self.pending.lock();
             for id in &ids {
                 // Written now; a failure puts it back.
-                pending.remove(id);
+                pending.rows.remove(id);
             }
-            let extra: Vec<RowId> = pending.iter().take(piggyback).cloned().collect();
+            let extra: Vec<RowId> = pending.rows.iter().take(piggyback).cloned().collect();
+            let room = piggyback - extra.len();
             for id in extra {
-                pending.remove(&id);
+                pending.rows.remove(&id);
                 ids.push(id);
             }
+            let thawed: Vec<RowId> = pending.detached.keys().take(room).cloned().collect();
+            for id in thawed {
+                if let Some(mutation) = pending.detached.remove(&id) {
+                    frozen.push((id, mutation));
+                }
+            }
         }
-        let mutations = ids
-            .iter()
-            .filter_map(|id| row_mutation(state, hlc, id))
+        let mut rows: Vec<(RowId, pb::Mutation)> = ids
+            .into_iter()
+            .filter_map(|id| row_mutation(state, hlc, &id).map(|m| (id, m)))
             .collect();
-        PreparedWrite { ids, mutations }
+        rows.extend(frozen);
+        PreparedWrite {
+            rows,
+            unretried: Vec::new(),
+        }
+    }
+
+    /// Restricts the rows rebuilt from the state to the `owned` partitions. Pending rows
+    /// of other partitions are frozen now, from `state`, and rows of theirs that fail
+    /// later stay frozen. Call it under the state lock, before the partitions' keys are
+    /// dropped from `state`.
+    pub fn restrict_to(&self, state: &ShardState, hlc: &mut Hlc, owned: &PartitionSet) {
+        let mut pending = self.pending.lock();
+        pending.owned = Some(owned.clone());
+        let leaving: Vec<RowId> = pending
+            .rows
+            .iter()
+            .filter(|id| !owned.contains(partition_of(&id.key)))
+            .cloned()
+            .collect();
+        for id in leaving {
+            pending.rows.remove(&id);
+            // An LWW key already pruned has nothing left to write.
+            if let Some(mutation) = row_mutation(state, hlc, &id) {
+                pending.detach(id, mutation);
+            }
+        }
     }
 
     /// Sends a prepared write. The call runs in its own task, so a caller that gives up
     /// (deadline, disconnect) cannot cancel it half-way and lose its rows: on failure
     /// they return to the pending set.
     pub async fn write(self: &Arc<Self>, prepared: PreparedWrite) -> Result<(), SyncError> {
-        if prepared.mutations.is_empty() {
+        if prepared.is_empty() {
             return Ok(());
         }
         let this = Arc::clone(self);
         let task = tokio::spawn(async move {
-            let result = this.send(prepared.mutations).await;
+            let PreparedWrite { rows, unretried } = prepared;
+            let mut mutations: Vec<pb::Mutation> = rows.iter().map(|(_, m)| m.clone()).collect();
+            mutations.extend(unretried);
+            let result = this.send(mutations).await;
             match &result {
                 Ok(()) => {}
                 Err(SyncError::StorageRejected(reason)) => {
                     // Input validation should make this impossible; retrying a rejected
                     // row forever would block every later write, so it is dropped loudly.
-                    tracing::error!(%reason, rows = prepared.ids.len(), "storage rejected rows; they stay in memory only");
+                    tracing::error!(%reason, rows = rows.len(), "storage rejected rows; they stay in memory only");
                 }
-                Err(_) => this.pending.lock().extend(prepared.ids),
+                Err(_) => this.requeue(rows),
             }
             result
         });
         task.await
             .map_err(|e| SyncError::Internal(format!("storage write task failed: {e}")))?
+    }
+
+    /// Puts the rows of a failed write back: by id while their partition is owned (the
+    /// state rebuilds them), frozen as sent once it is not (the state dropped them).
+    fn requeue(&self, rows: Vec<(RowId, pb::Mutation)>) {
+        let mut pending = self.pending.lock();
+        for (id, mutation) in rows {
+            if pending.is_owned(&id) {
+                pending.rows.insert(id);
+            } else {
+                pending.detach(id, mutation);
+            }
+        }
     }
 
     async fn send(&self, mutations: Vec<pb::Mutation>) -> Result<(), SyncError> {
@@ -268,6 +358,16 @@ impl Persistence {
             }
         }
     }
+}
+
+/// The timestamp the storage guard compares for a mutation.
+fn mutation_stamp(mutation: &pb::Mutation) -> Option<Timestamp> {
+    let stamp = match &mutation.kind {
+        Some(pb::mutation::Kind::Upsert(row)) => row.timestamp.clone(),
+        Some(pb::mutation::Kind::Delete(target)) => target.not_newer_than.clone(),
+        None => None,
+    };
+    stamp.map(Timestamp::from)
 }
 
 fn storage_error(status: Status) -> SyncError {
@@ -394,6 +494,15 @@ pub enum LoadedRow {
     },
 }
 
+impl LoadedRow {
+    /// The row's key.
+    pub fn key(&self) -> &HashedKey {
+        match self {
+            LoadedRow::Lww { key, .. } | LoadedRow::Or { key, .. } => key,
+        }
+    }
+}
+
 /// Decodes a row read back from storage.
 pub fn decode_row(row: pb::StoredRecord) -> Result<LoadedRow, String> {
     let stamp = row
@@ -516,5 +625,56 @@ mod tests {
         let again = persistence.prepare(&state, &mut hlc, [], PIGGYBACK_ROWS);
         assert_eq!(again.len(), 1);
         assert_eq!(persistence.pending_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn rows_of_released_partitions_stay_pending_as_they_were() {
+        let persistence =
+            Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(200))
+                .expect("valid address");
+        let persistence = Arc::new(persistence);
+        let mut state = ShardState::new();
+        let mut hlc = Hlc::new("s");
+        let op = Op {
+            op_id: String::new(),
+            map_name: "m".into(),
+            key: HashedKey::new("k"),
+            kind: OpKind::OrAdd(OrMapRecord {
+                value: Value::from(1),
+                timestamp: Timestamp::new(5, 0, "c"),
+                tag: "5:0:c".into(),
+                ttl_ms: None,
+            }),
+        };
+        state.apply(&mut hlc, &op, &mut Vec::new());
+        let prepared = persistence.prepare(&state, &mut hlc, [RowId::of(&op)], 0);
+        persistence
+            .write(prepared)
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(persistence.pending_len(), 1);
+
+        // The shard gives the key's partition up: its row is frozen, then the key dropped.
+        let lost = partition_of("k");
+        let kept = PartitionSet::from_list((0..271).filter(|p| *p != lost));
+        persistence.restrict_to(&state, &mut hlc, &kept);
+        state.drop_partitions(|p| p == lost);
+        assert_eq!(persistence.pending_len(), 1);
+        // Sent as the upsert it was, not as the delete an absent OR key would make.
+        let again = persistence.prepare(&state, &mut hlc, [], PIGGYBACK_ROWS);
+        assert_eq!(again.len(), 1);
+        assert!(matches!(
+            again.rows[0].1.kind,
+            Some(pb::mutation::Kind::Upsert(_))
+        ));
+        assert_eq!(persistence.pending_len(), 0);
+        // A failed send keeps it frozen.
+        persistence.write(again).await.expect_err("nothing listens");
+        assert_eq!(persistence.pending_len(), 1);
+        let last = persistence.prepare(&state, &mut hlc, [], PIGGYBACK_ROWS);
+        assert!(matches!(
+            last.rows[0].1.kind,
+            Some(pb::mutation::Kind::Upsert(_))
+        ));
     }
 }

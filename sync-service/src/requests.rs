@@ -2,6 +2,7 @@
 //! on receipt, with `TryFrom`: prost `Option`s, open enums and raw MsgPack bytes never
 //! reach the CRDT code, and bad input is refused before anything changes.
 
+use crate::config::PartitionSet;
 use crate::error::SyncError;
 use crate::merkle::NodePath;
 use rmpv::Value;
@@ -484,6 +485,31 @@ impl TryFrom<pb::PublishTopicRequest> for Publish {
     }
 }
 
+/// A validated SetPartitions: the complete new set of owned partitions.
+#[derive(Debug, Clone)]
+pub struct SetPartitions {
+    /// The partitions to own (possibly none).
+    pub partitions: PartitionSet,
+    /// Ownership version; only one above the shard's current version applies.
+    pub version: u64,
+}
+
+impl TryFrom<pb::SetPartitionsRequest> for SetPartitions {
+    type Error = SyncError;
+
+    fn try_from(req: pb::SetPartitionsRequest) -> Result<Self, SyncError> {
+        if let Some(bad) = req.partitions.iter().find(|p| **p >= PARTITION_COUNT) {
+            return Err(SyncError::invalid(format!(
+                "partition {bad} is not below {PARTITION_COUNT}"
+            )));
+        }
+        Ok(SetPartitions {
+            partitions: PartitionSet::from_list(req.partitions),
+            version: req.version,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,5 +643,21 @@ mod tests {
         })
         .expect("valid");
         assert_eq!(scan.limit, SCAN_MAX_LIMIT);
+    }
+
+    #[test]
+    fn set_partitions_refuses_partitions_out_of_range() {
+        let ok = SetPartitions::try_from(pb::SetPartitionsRequest {
+            partitions: vec![270, 3, 3],
+            version: 2,
+        })
+        .expect("valid");
+        assert_eq!(ok.partitions.as_slice(), &[3, 270]);
+        let err = SetPartitions::try_from(pb::SetPartitionsRequest {
+            partitions: vec![1, 271],
+            version: 2,
+        })
+        .expect_err("271 is out of range");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 }

@@ -1,5 +1,5 @@
-//! Server lifecycle: build the shard, serve gRPC (sync service, health, reflection) and
-//! optionally the ops HTTP port, load from storage before reporting SERVING (and ready),
+//! Server lifecycle: build the shard, serve gRPC (sync service, health, reflection, and
+//! any extra services the caller brings) and optionally the ops HTTP port, load from storage before reporting SERVING (and ready),
 //! run GC and the storage retry in the background, and drain on shutdown.
 
 use crate::admission::Admission;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use topgun_ops::{HealthState, OpsServer};
@@ -59,6 +60,19 @@ pub async fn serve_with_listener(
     serve_with_ops(listener, None, config, shutdown).await
 }
 
+/// Like [`serve_with_listener`], with `extra` services (such as the cluster membership
+/// service of the single-process binaries) served on the same listener, next to the
+/// sync, health and reflection services. They get no internal-token check of ours:
+/// wrap them in one if they need it.
+pub async fn serve_with_routes(
+    listener: TcpListener,
+    config: SyncConfig,
+    extra: Routes,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_inner(listener, None, config, extra, shutdown).await
+}
+
 /// Serves gRPC on `listener` and, when given, the ops HTTP port on `ops` (ready once
 /// the partitions are loaded, draining from the shutdown signal until the shard
 /// stopped) until `shutdown` completes; in-flight calls then get up to the operation
@@ -67,6 +81,16 @@ pub async fn serve_with_ops(
     listener: TcpListener,
     ops: Option<TcpListener>,
     config: SyncConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SyncError> {
+    serve_inner(listener, ops, config, Routes::default(), shutdown).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    ops: Option<TcpListener>,
+    config: SyncConfig,
+    extra: Routes,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SyncError> {
     let cfg = config.validate()?;
@@ -138,6 +162,7 @@ pub async fn serve_with_ops(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        .add_routes(extra)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sync)
@@ -242,7 +267,12 @@ fn health_details(
         doc.insert("node_id".into(), shard.node_id().into());
         doc.insert("shard_index".into(), shard.shard_index().into());
         doc.insert("shard_count".into(), shard.shard_count().into());
-        doc.insert("partitions".into(), shard.partition_count().into());
+        let ownership = shard.ownership();
+        doc.insert(
+            "partitions".into(),
+            ownership.partitions.as_slice().len().into(),
+        );
+        doc.insert("ownership_version".into(), ownership.version.into());
         doc.insert("loaded".into(), shard.is_ready().into());
         doc.insert("storage".into(), storage.into());
         doc.insert("pending_rows".into(), shard.pending_rows().into());

@@ -5,7 +5,9 @@ use crate::admission::{within, Admission};
 use crate::error::SyncError;
 use crate::feed::SubscribeFrom;
 use crate::metrics::SyncMetrics;
-use crate::requests::{ApplyBatch, GetRecords, MerkleNodeQuery, Publish, RunQuery, ScanMap};
+use crate::requests::{
+    ApplyBatch, GetRecords, MerkleNodeQuery, Publish, RunQuery, ScanMap, SetPartitions,
+};
 use crate::shard::Shard;
 use futures::Stream;
 use std::pin::Pin;
@@ -205,5 +207,22 @@ impl SyncService for SyncGrpc {
         let _permit = self.admission.admit()?;
         drop(request);
         Ok(Response::new(self.shard.info()))
+    }
+
+    async fn set_partitions(
+        &self,
+        request: Request<pb::SetPartitionsRequest>,
+    ) -> Result<Response<pb::SetPartitionsResponse>, Status> {
+        // Refused while the start-up load runs (UNAVAILABLE): the caller retries.
+        let (_permit, budget) = self.admit(&request)?;
+        let req = SetPartitions::try_from(request.into_inner())?;
+        let span = tracing::info_span!("set_partitions", version = req.version);
+        let outcome = within(
+            budget,
+            self.shard.set_partitions(req.partitions, req.version),
+        )
+        .instrument(span)
+        .await?;
+        Ok(Response::new(outcome.into()))
     }
 }

@@ -5,7 +5,9 @@
 //! Locking: the state is one read-write lock. Writers (ApplyBatch, GC, load) merge,
 //! publish their events and build their storage rows while holding it, so event order
 //! and row timestamps follow merge order; storage I/O happens after it is released.
-//! Lock order is always state, then clock, then feed.
+//! Lock order is always state, then clock, then feed. Ownership is its own small lock,
+//! never held while taking another; it only changes under the state write lock, and
+//! ApplyBatch checks it under that lock, so no op merges into a partition being dropped.
 
 use crate::config::{PartitionSet, ValidatedConfig};
 use crate::error::SyncError;
@@ -26,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use topgun_proto::grpc::common as pb_common;
 use topgun_proto::grpc::sync as pb;
 use topgun_proto::hlc::{wall_clock_ms, Hlc, Timestamp};
@@ -35,6 +38,13 @@ use topgun_proto::wire::{self, LwwRecord};
 /// Most records one ScanMap page examines (with a `since` filter most may be skipped),
 /// bounding how long a page holds the read lock.
 const SCAN_MAX_EXAMINED: usize = 100_000;
+/// How long after gaining partitions they are loaded a second time: the previous owner
+/// may have acknowledged writes until it learned of the switch, and those reach storage
+/// within this delay.
+pub const SETTLE_DELAY: Duration = Duration::from_secs(2);
+/// First and longest pause between two attempts of a storage load.
+const LOAD_BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const LOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// A sync shard.
 #[derive(Debug)]
@@ -42,14 +52,51 @@ pub struct Shard {
     node_id: String,
     shard_index: u32,
     shard_count: u32,
-    partitions: PartitionSet,
+    /// The owned partitions, replaced whole by SetPartitions.
+    ownership: RwLock<Arc<Ownership>>,
+    /// Serializes SetPartitions calls, so versions apply in order.
+    switching: tokio::sync::Mutex<()>,
     tombstone_ttl_ms: u64,
+    operation_timeout: Duration,
     state: RwLock<ShardState>,
     hlc: Mutex<Hlc>,
     feed: Arc<ChangeFeed>,
     topics: TopicRelay,
     persistence: Option<Arc<Persistence>>,
     ready: AtomicBool,
+}
+
+/// The partitions a shard owns and the SetPartitions version that set them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// Owned partitions.
+    pub partitions: PartitionSet,
+    /// Version of the last SetPartitions applied (0 = the configured partitions).
+    pub version: u64,
+}
+
+/// What a SetPartitions call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetPartitionsOutcome {
+    /// Partitions newly owned.
+    pub gained: u32,
+    /// Partitions no longer owned.
+    pub dropped: u32,
+    /// The ownership version after the call.
+    pub version: u64,
+    /// False when the version was stale and nothing changed.
+    pub applied: bool,
+}
+
+impl From<SetPartitionsOutcome> for pb::SetPartitionsResponse {
+    fn from(outcome: SetPartitionsOutcome) -> Self {
+        pb::SetPartitionsResponse {
+            gained: outcome.gained,
+            dropped: outcome.dropped,
+            version: outcome.version,
+            applied: outcome.applied,
+        }
+    }
 }
 
 /// What a GC round did.
@@ -68,8 +115,13 @@ impl Shard {
             node_id: config.node_id.clone(),
             shard_index: config.shard_index,
             shard_count: config.shard_count,
-            partitions: config.partitions.clone(),
+            ownership: RwLock::new(Arc::new(Ownership {
+                partitions: config.partitions.clone(),
+                version: 0,
+            })),
+            switching: tokio::sync::Mutex::new(()),
             tombstone_ttl_ms: config.tombstone_ttl_ms,
+            operation_timeout: config.operation_timeout,
             state: RwLock::new(ShardState::new()),
             hlc: Mutex::new(Hlc::new(config.node_id.clone())),
             feed: Arc::new(ChangeFeed::new(config.change_feed_buffer)),
@@ -94,9 +146,14 @@ impl Shard {
         self.shard_count
     }
 
-    /// Number of partitions this shard owns.
+    /// Number of partitions this shard owns now.
     pub fn partition_count(&self) -> usize {
-        self.partitions.as_slice().len()
+        self.ownership.read().partitions.as_slice().len()
+    }
+
+    /// The current ownership (partitions and version).
+    pub fn ownership(&self) -> Arc<Ownership> {
+        Arc::clone(&self.ownership.read())
     }
 
     /// The change feed.
@@ -124,9 +181,9 @@ impl Shard {
         self.persistence.as_ref().map_or(0, |p| p.pending_len())
     }
 
-    fn check_owned(&self, key: &HashedKey) -> Result<(), SyncError> {
+    fn check_owned(&self, owned: &PartitionSet, key: &HashedKey) -> Result<(), SyncError> {
         let partition = key.partition();
-        if self.partitions.contains(partition) {
+        if owned.contains(partition) {
             Ok(())
         } else {
             Err(SyncError::NotOwner {
@@ -141,17 +198,20 @@ impl Shard {
     /// row in one WriteBatch before answering. A storage failure fails the whole call
     /// as retryable, with no op reported persisted.
     pub async fn apply_batch(&self, batch: ApplyBatch) -> Result<Vec<pb::OpResult>, SyncError> {
-        for op in &batch.ops {
-            self.check_owned(&op.key)?;
-        }
         if batch.ops.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(p) = &self.persistence {
-            p.admit()?;
-        }
         let (changed, prepared) = {
             let mut state = self.state.write();
+            // Under the state lock: a SetPartitions dropping a partition waits for this
+            // batch, or this batch sees the partition gone.
+            let owned = self.ownership();
+            for op in &batch.ops {
+                self.check_owned(&owned.partitions, &op.key)?;
+            }
+            if let Some(p) = &self.persistence {
+                p.admit()?;
+            }
             let mut hlc = self.hlc.lock();
             let mut changes = Vec::new();
             let changed: Vec<bool> = batch
@@ -210,10 +270,11 @@ impl Shard {
 
     /// The full state of the requested keys that exist.
     pub fn get_records(&self, req: &GetRecords) -> Result<Vec<pb_common::KeyState>, SyncError> {
-        for key in &req.keys {
-            self.check_owned(key)?;
-        }
         let state = self.state.read();
+        let owned = self.ownership();
+        for key in &req.keys {
+            self.check_owned(&owned.partitions, key)?;
+        }
         let found = req.keys.iter().filter_map(|key| match req.kind {
             MapKind::Lww => state
                 .lww(&req.map_name)
@@ -396,11 +457,13 @@ impl Shard {
 
     /// Identity, ownership and feed position.
     pub fn info(&self) -> pb::ShardInfoResponse {
+        let owned = self.ownership();
         pb::ShardInfoResponse {
             node_id: self.node_id.clone(),
             shard_index: self.shard_index,
             shard_count: self.shard_count,
-            partitions: self.partitions.as_slice().to_vec(),
+            partitions: owned.partitions.as_slice().to_vec(),
+            ownership_version: owned.version,
             epoch: self.feed.epoch().to_string(),
             last_seq: self.feed.last_seq(),
             storage_addr: self
@@ -421,10 +484,13 @@ impl Shard {
         let Some(persistence) = &self.persistence else {
             return Ok(0);
         };
-        let mut backoff = Duration::from_millis(200);
+        let partitions = self.ownership().partitions.clone();
+        let mut backoff = LOAD_BACKOFF_FIRST;
         loop {
             let loaded = persistence
-                .load(self.partitions.as_slice(), |page| self.apply_loaded(page))
+                .load(partitions.as_slice(), |page| {
+                    self.apply_loaded(page, &partitions)
+                })
                 .await;
             match loaded {
                 Ok(rows) => return Ok(rows),
@@ -436,54 +502,219 @@ impl Shard {
                 _ = tokio::time::sleep(backoff) => {}
                 () = stopped(&mut shutdown) => return Err(SyncError::ShuttingDown),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(LOAD_BACKOFF_MAX);
         }
     }
 
-    /// Folds one page of stored rows into the state. Reloading a row already loaded
-    /// changes nothing, so a load retried after a failure half-way is harmless.
-    fn apply_loaded(&self, page: Vec<topgun_proto::grpc::storage::StoredRecord>) {
+    /// Folds one page of stored rows of `wanted` partitions into the state, skipping
+    /// rows of partitions not owned when the page is folded. Reloading a row already
+    /// loaded changes nothing, so a load retried after a failure half-way is harmless.
+    /// No change is published: loaded rows are already known to the rest of the suite.
+    fn apply_loaded(
+        &self,
+        page: Vec<topgun_proto::grpc::storage::StoredRecord>,
+        wanted: &PartitionSet,
+    ) {
+        // Decoding is the costly part; it needs no lock.
+        let rows = decode_page(page, wanted);
+        let mut state = self.state.write();
+        let owned = self.ownership();
+        let mut hlc = self.hlc.lock();
+        fold_loaded(
+            &mut state,
+            &mut hlc,
+            rows.into_iter()
+                .filter(|row| owned.partitions.contains(row.key().partition())),
+        );
+    }
+
+    /// Replaces the owned partitions with `partitions` when `version` is above the
+    /// current one (otherwise changes nothing and reports `applied: false`).
+    ///
+    /// Lost partitions are released at once: ops for them fail NotOwner and their keys
+    /// leave memory (their pending rows still reach storage). Gained partitions are
+    /// loaded from storage before they are owned, retrying until the operation timeout;
+    /// if storage stays unreachable the call fails retryably with the lost partitions
+    /// already released and the version unchanged, so the same call can be repeated. A
+    /// second load of the gained partitions follows after [`SETTLE_DELAY`].
+    pub async fn set_partitions(
+        self: &Arc<Self>,
+        partitions: PartitionSet,
+        version: u64,
+    ) -> Result<SetPartitionsOutcome, SyncError> {
+        let _switching = self.switching.lock().await;
+        let current = self.ownership();
+        if version <= current.version {
+            return Ok(SetPartitionsOutcome {
+                gained: 0,
+                dropped: 0,
+                version: current.version,
+                applied: false,
+            });
+        }
+        let lost: Vec<u32> = current
+            .partitions
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|p| !partitions.contains(*p))
+            .collect();
+        let gained: Vec<u32> = partitions
+            .as_slice()
+            .iter()
+            .copied()
+            .filter(|p| !current.partitions.contains(*p))
+            .collect();
+        if !lost.is_empty() {
+            // Released before anything is loaded: their new owner may already serve them.
+            let kept = PartitionSet::from_list(
+                current
+                    .partitions
+                    .as_slice()
+                    .iter()
+                    .copied()
+                    .filter(|p| partitions.contains(*p)),
+            );
+            let keys = self.release(kept, current.version);
+            tracing::info!(
+                partitions = lost.len(),
+                keys,
+                "released partitions dropped from memory"
+            );
+        }
+        let loaded = match &self.persistence {
+            Some(p) if !gained.is_empty() => self.load_gained(p, &gained).await?,
+            _ => Vec::new(),
+        };
+        let rows = loaded.len();
+        {
+            let mut state = self.state.write();
+            let mut hlc = self.hlc.lock();
+            fold_loaded(&mut state, &mut hlc, loaded);
+            if let Some(p) = &self.persistence {
+                p.restrict_to(&state, &mut hlc, &partitions);
+            }
+            *self.ownership.write() = Arc::new(Ownership {
+                partitions,
+                version,
+            });
+        }
+        tracing::info!(
+            version,
+            gained = gained.len(),
+            dropped = lost.len(),
+            rows,
+            "partition ownership changed"
+        );
+        if self.persistence.is_some() && !gained.is_empty() {
+            self.schedule_settle_load(gained.clone());
+        }
+        Ok(SetPartitionsOutcome {
+            gained: gained.len() as u32,
+            dropped: lost.len() as u32,
+            version,
+            applied: true,
+        })
+    }
+
+    /// Owns only `kept` from now on (still at `version`) and forgets every other key;
+    /// returns how many keys went.
+    fn release(&self, kept: PartitionSet, version: u64) -> usize {
         let mut state = self.state.write();
         let mut hlc = self.hlc.lock();
-        for row in page {
-            let (map_name, key) = (row.map_name.clone(), row.key.clone());
-            match persistence::decode_row(row) {
-                Ok(loaded) => {
-                    let key = match &loaded {
-                        LoadedRow::Lww { key, .. } | LoadedRow::Or { key, .. } => key,
-                    };
-                    if !self.partitions.contains(key.partition()) {
-                        continue;
-                    }
-                    // Later timestamps from this clock must beat every stored row.
-                    match loaded {
-                        LoadedRow::Lww {
-                            map_name,
-                            key,
-                            record,
-                        } => {
-                            let _ = hlc.update(&record.timestamp);
-                            state.load_lww(&map_name, &key, record);
-                        }
-                        LoadedRow::Or {
-                            map_name,
-                            key,
-                            state: key_state,
-                            stamp,
-                        } => {
-                            let _ = hlc.update(&stamp);
-                            for record in key_state.records.values() {
-                                let _ = hlc.update(&record.timestamp);
-                            }
-                            state.load_or(&map_name, &key, key_state);
-                        }
-                    }
+        if let Some(p) = &self.persistence {
+            // Before the drop: pending rows of the released keys are built from them.
+            p.restrict_to(&state, &mut hlc, &kept);
+        }
+        let dropped = state.drop_partitions(|p| !kept.contains(p));
+        *self.ownership.write() = Arc::new(Ownership {
+            partitions: kept,
+            version,
+        });
+        dropped
+    }
+
+    /// Reads every stored row of `partitions`, retrying with backoff until the
+    /// operation timeout. The rows are staged, not folded: the partitions become
+    /// visible all at once, when they are owned.
+    async fn load_gained(
+        &self,
+        persistence: &Persistence,
+        partitions: &[u32],
+    ) -> Result<Vec<LoadedRow>, SyncError> {
+        let wanted = PartitionSet::from_list(partitions.iter().copied());
+        let give_up = Instant::now() + self.operation_timeout;
+        let mut backoff = LOAD_BACKOFF_FIRST;
+        loop {
+            let mut rows = Vec::new();
+            let loaded = persistence
+                .load(partitions, |page| rows.extend(decode_page(page, &wanted)))
+                .await;
+            match loaded {
+                Ok(_) => return Ok(rows),
+                Err(err) if !err.is_retryable() => return Err(err),
+                Err(err) if Instant::now() + backoff >= give_up => {
+                    return Err(SyncError::StorageUnavailable(format!(
+                        "loading {} gained partitions: {err}",
+                        partitions.len()
+                    )));
                 }
-                Err(reason) => {
-                    tracing::warn!(map = %map_name, key = %key, %reason, "skipping undecodable stored row")
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "loading gained partitions failed")
                 }
             }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(LOAD_BACKOFF_MAX);
         }
+    }
+
+    /// Loads `partitions` once more after [`SETTLE_DELAY`], merging rows of those still
+    /// owned by then. Merges never lose newer data, so this only adds writes the
+    /// previous owner acknowledged while it still believed it owned them.
+    fn schedule_settle_load(self: &Arc<Self>, partitions: Vec<u32>) {
+        let shard = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE_DELAY).await;
+            let Some(persistence) = &shard.persistence else {
+                return;
+            };
+            let give_up = Instant::now() + shard.operation_timeout;
+            let mut backoff = LOAD_BACKOFF_FIRST;
+            loop {
+                let owned = shard.ownership();
+                let still = PartitionSet::from_list(
+                    partitions
+                        .iter()
+                        .copied()
+                        .filter(|p| owned.partitions.contains(*p)),
+                );
+                if still.is_empty() {
+                    return;
+                }
+                let loaded = persistence
+                    .load(still.as_slice(), |page| shard.apply_loaded(page, &still))
+                    .await;
+                match loaded {
+                    Ok(rows) => {
+                        tracing::debug!(
+                            partitions = still.as_slice().len(),
+                            rows,
+                            "gained partitions reloaded"
+                        );
+                        return;
+                    }
+                    Err(err) if Instant::now() + backoff >= give_up => {
+                        tracing::warn!(error = %err, partitions = still.as_slice().len(), "second load of gained partitions abandoned");
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "second load of gained partitions failed")
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(LOAD_BACKOFF_MAX);
+            }
+        });
     }
 
     /// One GC round: expire, prune, publish, persist.
@@ -563,6 +794,56 @@ impl Shard {
     }
 }
 
+/// Decodes one page of stored rows, keeping those of `wanted` partitions.
+fn decode_page(
+    page: Vec<topgun_proto::grpc::storage::StoredRecord>,
+    wanted: &PartitionSet,
+) -> Vec<LoadedRow> {
+    page.into_iter()
+        .filter_map(|row| {
+            let (map_name, key) = (row.map_name.clone(), row.key.clone());
+            match persistence::decode_row(row) {
+                Ok(loaded) => wanted
+                    .contains(loaded.key().partition())
+                    .then_some(loaded),
+                Err(reason) => {
+                    tracing::warn!(map = %map_name, key = %key, %reason, "skipping undecodable stored row");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Merges loaded rows into the state (never overwriting newer data) and moves the
+/// clock past them, so later timestamps from this clock beat every stored row.
+fn fold_loaded(state: &mut ShardState, hlc: &mut Hlc, rows: impl IntoIterator<Item = LoadedRow>) {
+    for row in rows {
+        match row {
+            LoadedRow::Lww {
+                map_name,
+                key,
+                record,
+            } => {
+                let _ = hlc.update(&record.timestamp);
+                state.load_lww(&map_name, &key, record);
+            }
+            LoadedRow::Or {
+                map_name,
+                key,
+                state: key_state,
+                stamp,
+            } => {
+                let _ = hlc.update(&stamp);
+                for record in key_state.records.values() {
+                    let _ = hlc.update(&record.timestamp);
+                }
+                state.load_or(&map_name, &key, key_state);
+            }
+        }
+    }
+}
+
 fn level_name(level: WriteConcern) -> &'static str {
     match level {
         WriteConcern::FireAndForget => "FIRE_AND_FORGET",
@@ -597,6 +878,12 @@ mod tests {
     use crate::config::SyncConfig;
     use crate::requests::{Op, OpKind};
     use rmpv::Value;
+    use topgun_proto::wire::OrMapRecord;
+
+    fn shard_with(partitions: &[u32]) -> Shard {
+        let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+        shard(Some(&list.join(",")))
+    }
 
     fn shard(partitions: Option<&str>) -> Shard {
         let config = SyncConfig {
@@ -614,6 +901,20 @@ mod tests {
             kind: OpKind::LwwPut(LwwRecord {
                 value,
                 timestamp: Timestamp::new(millis, 0, "c"),
+                ttl_ms: None,
+            }),
+        }
+    }
+
+    fn or_add(key: &str, tag: &str, millis: u64) -> Op {
+        Op {
+            op_id: tag.to_string(),
+            map_name: "o".into(),
+            key: HashedKey::new(key),
+            kind: OpKind::OrAdd(OrMapRecord {
+                value: Value::from(tag),
+                timestamp: Timestamp::new(millis, 0, "c"),
+                tag: tag.to_string(),
                 ttl_ms: None,
             }),
         }
@@ -721,5 +1022,212 @@ mod tests {
             res.rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
             vec!["c", "b"]
         );
+    }
+
+    async fn apply(shard: &Shard, ops: Vec<Op>) -> Result<Vec<pb::OpResult>, SyncError> {
+        shard.apply_batch(batch(ops, WriteConcern::Applied)).await
+    }
+
+    fn root(shard: &Shard, map_name: &str, kind: MapKind) -> u32 {
+        shard
+            .merkle_node(&MerkleNodeQuery {
+                map_name: map_name.into(),
+                kind,
+                path: NodePath::ROOT,
+            })
+            .hash
+    }
+
+    #[tokio::test]
+    async fn stale_versions_change_nothing() {
+        let shard = Arc::new(shard(Some("0-9")));
+        let stale = shard
+            .set_partitions(PartitionSet::all(), 0)
+            .await
+            .expect("ok");
+        assert_eq!(
+            stale,
+            SetPartitionsOutcome {
+                gained: 0,
+                dropped: 0,
+                version: 0,
+                applied: false
+            }
+        );
+        assert_eq!(shard.partition_count(), 10);
+        let applied = shard
+            .set_partitions(PartitionSet::all(), 3)
+            .await
+            .expect("ok");
+        assert_eq!((applied.gained, applied.dropped), (261, 0));
+        for version in [3, 2] {
+            let outcome = shard
+                .set_partitions(PartitionSet::from_list([1]), version)
+                .await
+                .expect("ok");
+            assert!(!outcome.applied);
+            assert_eq!(outcome.version, 3);
+        }
+        let info = shard.info();
+        assert_eq!(info.partitions.len(), 271);
+        assert_eq!(info.ownership_version, 3);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_apply_in_version_order() {
+        let shard = Arc::new(shard(None));
+        let (a, b) = tokio::join!(
+            shard.set_partitions(PartitionSet::from_list([1, 2]), 2),
+            shard.set_partitions(PartitionSet::from_list([1]), 1),
+        );
+        assert!(a.expect("ok").applied);
+        let _ = b.expect("ok");
+        let ownership = shard.ownership();
+        assert_eq!(ownership.version, 2);
+        assert_eq!(ownership.partitions.as_slice(), &[1, 2]);
+    }
+
+    #[tokio::test]
+    async fn losing_partitions_drops_exactly_their_keys() {
+        let shard = Arc::new(shard(None));
+        let kept = PartitionSet::parse("0-134").expect("valid");
+        let mut ops = Vec::new();
+        for i in 0..300u64 {
+            let key = format!("key-{i}");
+            ops.push(put(&key, Value::from(i), 10 + i));
+            ops.push(or_add(&key, &format!("t{i}"), 10 + i));
+        }
+        // A key left with only a tombstone is listed in its leaf without a tree entry.
+        let ghost = (0..)
+            .map(|i| format!("ghost-{i}"))
+            .find(|k| !kept.contains(HashedKey::new(k.as_str()).partition()))
+            .expect("some key is in a lost partition");
+        ops.push(Op {
+            op_id: "rm".into(),
+            map_name: "o".into(),
+            key: HashedKey::new(ghost.as_str()),
+            kind: OpKind::OrRemove("never-added".into()),
+        });
+        apply(&shard, ops.clone()).await.expect("all owned");
+        let seq = shard.feed().last_seq();
+
+        let outcome = shard.set_partitions(kept.clone(), 1).await.expect("ok");
+        assert_eq!(
+            outcome,
+            SetPartitionsOutcome {
+                gained: 0,
+                dropped: 136,
+                version: 1,
+                applied: true
+            }
+        );
+        assert_eq!(shard.feed().last_seq(), seq, "a drop publishes nothing");
+
+        // The same hashes and counts as a shard that only ever held the kept keys.
+        let fresh = shard_with(kept.as_slice());
+        let kept_ops: Vec<Op> = ops
+            .iter()
+            .filter(|op| kept.contains(op.key.partition()))
+            .cloned()
+            .collect();
+        assert!(kept_ops.len() < ops.len() && !kept_ops.is_empty());
+        apply(&fresh, kept_ops).await.expect("owned");
+        assert_eq!(
+            root(&shard, "m", MapKind::Lww),
+            root(&fresh, "m", MapKind::Lww)
+        );
+        assert_eq!(
+            root(&shard, "o", MapKind::Or),
+            root(&fresh, "o", MapKind::Or)
+        );
+        assert_eq!(shard.list_maps(), fresh.list_maps());
+        for op in &ops {
+            let present = shard.lww_record("m", &op.key.key).is_some()
+                || shard
+                    .state
+                    .read()
+                    .or("o")
+                    .and_then(|m| m.get(&op.key.key))
+                    .is_some();
+            assert_eq!(present, kept.contains(op.key.partition()), "{}", op.key.key);
+        }
+        let ghost_leaf = shard.merkle_node(&MerkleNodeQuery {
+            map_name: "o".into(),
+            kind: MapKind::Or,
+            path: NodePath::leaf_of(HashedKey::new(ghost.as_str()).hash),
+        });
+        assert!(ghost_leaf.entries.is_empty());
+
+        // Ops and reads for a lost partition are refused; kept ones still work.
+        let lost = ops
+            .iter()
+            .find(|op| !kept.contains(op.key.partition()))
+            .expect("some key is lost");
+        let err = apply(&shard, vec![put(&lost.key.key, Value::from(1), 1_000)])
+            .await
+            .expect_err("not owned");
+        assert!(matches!(err, SyncError::NotOwner { .. }), "{err}");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let read = GetRecords {
+            map_name: "m".into(),
+            kind: MapKind::Lww,
+            keys: vec![lost.key.clone()],
+        };
+        assert!(matches!(
+            shard.get_records(&read),
+            Err(SyncError::NotOwner { .. })
+        ));
+        let kept_key = ops
+            .iter()
+            .find(|op| kept.contains(op.key.partition()))
+            .expect("some key is kept");
+        apply(&shard, vec![put(&kept_key.key.key, Value::from(1), 1_000)])
+            .await
+            .expect("owned");
+        let info = shard.info();
+        assert_eq!(info.partitions, kept.as_slice());
+        assert_eq!(info.ownership_version, 1);
+    }
+
+    #[tokio::test]
+    async fn memory_only_shards_serve_gained_partitions_at_once() {
+        // "user-1" is partition 120.
+        let shard = Arc::new(shard(Some("0-110")));
+        let write = || put("user-1", Value::from(1), 1);
+        let err = apply(&shard, vec![write()]).await.expect_err("foreign");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+        let outcome = shard
+            .set_partitions(PartitionSet::parse("100-130").expect("valid"), 1)
+            .await
+            .expect("ok");
+        assert_eq!((outcome.gained, outcome.dropped), (20, 100));
+        let results = apply(&shard, vec![write()]).await.expect("owned now");
+        assert!(results[0].success && results[0].changed);
+        assert_eq!(shard.partition_count(), 31);
+    }
+
+    #[tokio::test]
+    async fn gains_fail_retryably_while_storage_is_down() {
+        let config = SyncConfig {
+            partitions: Some("0-9".into()),
+            default_operation_timeout_ms: 300,
+            ..Default::default()
+        };
+        let persistence =
+            Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(100))
+                .expect("valid address");
+        let shard = Arc::new(Shard::new(
+            &config.validate().expect("valid"),
+            Some(Arc::new(persistence)),
+        ));
+        let err = shard
+            .set_partitions(PartitionSet::parse("5-20").expect("valid"), 1)
+            .await
+            .expect_err("nothing listens on port 9");
+        assert!(err.is_retryable(), "{err}");
+        // The lost partitions are released; the gain and the version wait for a retry.
+        let ownership = shard.ownership();
+        assert_eq!(ownership.version, 0);
+        assert_eq!(ownership.partitions.as_slice(), &[5, 6, 7, 8, 9]);
     }
 }

@@ -168,6 +168,24 @@ impl ShardState {
             .load_key(&key.key, key.hash, state);
     }
 
+    /// Forgets every key of the partitions `dropped` selects, in both kinds of map, and
+    /// the maps that emptied; returns how many keys went. No change is recorded: the
+    /// partitions moved to another shard, their data did not change.
+    pub fn drop_partitions(&mut self, dropped: impl Fn(u32) -> bool) -> usize {
+        let mut removed = 0;
+        self.lww.retain(|_, map| {
+            let went = map.drop_partitions(&dropped);
+            removed += went;
+            went == 0 || !map.is_empty()
+        });
+        self.or.retain(|_, map| {
+            let went = map.drop_partitions(&dropped);
+            removed += went;
+            went == 0 || !map.is_empty()
+        });
+        removed
+    }
+
     /// The LWW map `name`, if it exists.
     pub fn lww(&self, name: &str) -> Option<&LwwMap> {
         self.lww.get(name)

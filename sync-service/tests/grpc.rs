@@ -864,3 +864,207 @@ async fn internal_token_is_required_and_forwarded_to_storage() {
     sync.stop().await;
     storage.stop().await;
 }
+
+async fn set_partitions(
+    client: &mut Client,
+    partitions: impl IntoIterator<Item = u32>,
+    version: u64,
+) -> Result<pb::SetPartitionsResponse, tonic::Status> {
+    let req = pb::SetPartitionsRequest {
+        partitions: partitions.into_iter().collect(),
+        version,
+    };
+    client.set_partitions(req).await.map(|r| r.into_inner())
+}
+
+async fn get_user(client: &mut Client, key: &str) -> Result<Option<Value>, tonic::Status> {
+    let req = pb::GetRecordsRequest {
+        map_name: "users".into(),
+        kind: 0,
+        keys: vec![key.into()],
+    };
+    let records = client.get_records(req).await?.into_inner().records;
+    Ok(records
+        .first()
+        .and_then(|r| r.lww.as_ref())
+        .map(|lww| wire::decode_value(&lww.value).expect("msgpack")))
+}
+
+#[tokio::test]
+async fn gained_partitions_are_loaded_from_storage_and_lost_ones_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = start_storage(dir.path(), None, None).await;
+    let a = start_sync(config(Some(&storage))).await;
+    a.wait_serving().await;
+    let mut a_client = a.client().await;
+    write_example(&mut a_client).await;
+    let users_root = merkle(&mut a_client, "users", pbc::MapKind::Lww, "").await;
+    let tags_root = merkle(&mut a_client, "tags", pbc::MapKind::Or, "").await;
+
+    // B starts with one partition nobody writes to.
+    let b = start_sync(SyncConfig {
+        node_id: Some("sync-b".into()),
+        partitions: Some("270".into()),
+        ..config(Some(&storage))
+    })
+    .await;
+    b.wait_serving().await;
+    let mut b_client = b.client().await;
+    let status = get_user(&mut b_client, "user-1")
+        .await
+        .expect_err("not owned yet");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    // A partition out of range is refused and changes nothing.
+    let status = set_partitions(&mut b_client, [1, 271], 1)
+        .await
+        .expect_err("271 is out of range");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let info = b_client
+        .shard_info(pb::ShardInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!((info.partitions, info.ownership_version), (vec![270], 0));
+
+    let gained = set_partitions(&mut b_client, 0..271, 1)
+        .await
+        .expect("gain");
+    assert_eq!(
+        gained,
+        pb::SetPartitionsResponse {
+            gained: 270,
+            dropped: 0,
+            version: 1,
+            applied: true
+        }
+    );
+    assert_eq!(
+        get_user(&mut b_client, "user-1").await.expect("owned"),
+        Some(person("Alice", "red", 30))
+    );
+    assert_eq!(
+        merkle(&mut b_client, "users", pbc::MapKind::Lww, "").await,
+        users_root
+    );
+    assert_eq!(
+        merkle(&mut b_client, "tags", pbc::MapKind::Or, "").await,
+        tags_root
+    );
+    let stale = set_partitions(&mut b_client, [270], 1)
+        .await
+        .expect("stale");
+    assert!(!stale.applied);
+    assert_eq!(stale.version, 1);
+
+    // A write the previous owner acknowledges during the switch reaches B through its
+    // second load of the gained partitions.
+    let late = put(
+        "user-2",
+        person("Bob", "green", 26),
+        ts(1_800_000_000_000, 0, "node-2"),
+    );
+    a_client
+        .apply_batch(batch(vec![late]))
+        .await
+        .expect("previous owner still writes");
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = get_user(&mut b_client, "user-2").await.expect("owned");
+        if seen == Some(person("Bob", "green", 26)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(person("Bob", "green", 26)));
+
+    // Handing the partitions back drops them from B's memory.
+    let released = set_partitions(&mut b_client, [270], 2)
+        .await
+        .expect("release");
+    assert_eq!((released.gained, released.dropped), (0, 270));
+    let status = get_user(&mut b_client, "user-1")
+        .await
+        .expect_err("not owned any more");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    let maps = b_client
+        .list_maps(pb::ListMapsRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .maps;
+    assert!(maps.is_empty(), "{maps:?}");
+    let info = b_client
+        .shard_info(pb::ShardInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!((info.partitions, info.ownership_version), (vec![270], 2));
+
+    a.stop().await;
+    b.stop().await;
+    storage.stop().await;
+}
+
+/// A membership service that answers with a fixed view.
+#[derive(Debug, Clone, Copy)]
+struct EchoMembership;
+
+#[tonic::async_trait]
+impl topgun_proto::grpc::cluster::membership_server::Membership for EchoMembership {
+    async fn heartbeat(
+        &self,
+        request: tonic::Request<topgun_proto::grpc::cluster::HeartbeatRequest>,
+    ) -> Result<tonic::Response<topgun_proto::grpc::cluster::HeartbeatResponse>, tonic::Status>
+    {
+        let mut view = request.into_inner().view.unwrap_or_default();
+        view.version += 1;
+        Ok(tonic::Response::new(
+            topgun_proto::grpc::cluster::HeartbeatResponse { view: Some(view) },
+        ))
+    }
+}
+
+#[tokio::test]
+async fn extra_routes_are_served_next_to_the_sync_service() {
+    use topgun_proto::grpc::cluster::membership_client::MembershipClient;
+    use topgun_proto::grpc::cluster::membership_server::MembershipServer;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = oneshot::channel::<()>();
+    let routes = tonic::service::Routes::new(MembershipServer::new(EchoMembership));
+    let task = tokio::spawn(async move {
+        topgun_sync::serve_with_routes(listener, config(None), routes, async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("sync server");
+    });
+    let node = SyncNode {
+        addr,
+        stop: Some(tx),
+        task,
+    };
+    node.wait_serving().await;
+    let mut membership = MembershipClient::new(node.channel().await);
+    let view = topgun_proto::grpc::cluster::View {
+        version: 41,
+        ..Default::default()
+    };
+    let answer = membership
+        .heartbeat(topgun_proto::grpc::cluster::HeartbeatRequest { view: Some(view) })
+        .await
+        .expect("membership served")
+        .into_inner();
+    assert_eq!(answer.view.map(|v| v.version), Some(42));
+    let info = node
+        .client()
+        .await
+        .shard_info(pb::ShardInfoRequest {})
+        .await
+        .expect("sync served too")
+        .into_inner();
+    assert_eq!(info.node_id, "sync-0");
+    node.stop().await;
+}

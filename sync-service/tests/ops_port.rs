@@ -70,6 +70,7 @@ async fn health_and_metrics_follow_the_shard() {
     assert_eq!(doc["service"], "sync-service");
     assert_eq!(doc["state"], "ready");
     assert_eq!(doc["partitions"], 271);
+    assert_eq!(doc["ownership_version"], 0);
     assert_eq!(doc["node_id"], "sync-0");
 
     let mut client = SyncServiceClient::connect(grpc_url).await.expect("connect");

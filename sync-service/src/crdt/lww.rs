@@ -115,6 +115,19 @@ impl LwwMap {
         pruned
     }
 
+    /// Forgets every key of the partitions `dropped` selects (the shard no longer owns
+    /// them), keeping the tree and the counts consistent; returns how many keys went.
+    /// Nothing is recorded: the data still exists, with its new owner and in storage.
+    pub fn drop_partitions(&mut self, dropped: impl Fn(u32) -> bool) -> usize {
+        let doomed = self.partitions.keys_to_drop(self.records.keys(), dropped);
+        for (key, key_hash) in &doomed {
+            self.records.remove(key);
+            self.tree.remove(*key_hash, key);
+            self.partitions.removed(*key_hash);
+        }
+        doomed.len()
+    }
+
     /// Live records whose TTL has run out at `now_ms`, with the timestamp their expiry
     /// tombstone gets: `{millis: millis + ttl, counter: 0, nodeId: node_id}`.
     pub fn expired(&self, now_ms: u64, node_id: &str) -> Vec<(String, Timestamp)> {

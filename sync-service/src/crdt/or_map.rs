@@ -205,6 +205,26 @@ impl OrMap {
         touched
     }
 
+    /// Forgets every key of the partitions `dropped` selects (the shard no longer owns
+    /// them), with their Merkle entries, tombstone-only listings and counts; returns how
+    /// many keys went. Tree nodes stay, as after any removal.
+    pub fn drop_partitions(&mut self, dropped: impl Fn(u32) -> bool) -> usize {
+        let doomed = self.partitions.keys_to_drop(self.keys.keys(), dropped);
+        for (key, key_hash) in &doomed {
+            self.keys.remove(key);
+            self.tree.remove(*key_hash, key);
+            let leaf = leaf_index(*key_hash);
+            if let Some(set) = self.tombstone_only.get_mut(&leaf) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.tombstone_only.remove(&leaf);
+                }
+            }
+            self.partitions.removed(*key_hash);
+        }
+        doomed.len()
+    }
+
     fn key_state(&mut self, key: &str, key_hash: u32) -> &mut OrKeyState {
         if !self.keys.contains_key(key) {
             self.partitions.added(key_hash);

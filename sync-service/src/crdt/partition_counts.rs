@@ -12,6 +12,23 @@ pub struct PartitionCounts {
 }
 
 impl PartitionCounts {
+    /// The keys among `keys` whose partition `dropped` selects, with their hashes —
+    /// what a map must forget when its shard releases partitions. Empty at once when no
+    /// counted partition is selected, without hashing a key.
+    pub fn keys_to_drop<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a String>,
+        dropped: impl Fn(u32) -> bool,
+    ) -> Vec<(String, u32)> {
+        if !self.counts.keys().any(|p| dropped(*p)) {
+            return Vec::new();
+        }
+        keys.map(|k| (k, topgun_proto::hash::fnv1a(k)))
+            .filter(|(_, hash)| dropped(hash % PARTITION_COUNT))
+            .map(|(k, hash)| (k.clone(), hash))
+            .collect()
+    }
+
     /// Counts one more key with hash `key_hash`.
     pub fn added(&mut self, key_hash: u32) {
         *self.counts.entry(key_hash % PARTITION_COUNT).or_default() += 1;
