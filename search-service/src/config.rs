@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokio::sync::watch;
+
 use crate::engine::{EngineConfig, DEFAULT_MAX_PENDING_DOCS, DEFAULT_SUBSCRIBER_BUFFER};
 use crate::maps::IndexedMaps;
 
@@ -38,6 +40,13 @@ pub struct SearchConfig {
     #[arg(long, env = "SYNC_ADDRS", value_delimiter = ',')]
     pub sync_addrs: Vec<String>,
 
+    /// Runtime source of shard addresses, for embedding processes whose set of sync
+    /// shards changes (peer-cluster mode). When set, the replica follows exactly the
+    /// addresses last sent, starting and stopping followers as the set changes;
+    /// `sync_addrs` is the initial set. Only set programmatically (no flag, no env).
+    #[arg(skip)]
+    pub sync_addrs_updates: Option<watch::Receiver<Vec<String>>>,
+
     /// Folder for the indexes, one sub-folder per map, rebuilt at every start. Unset:
     /// indexes are kept in memory.
     #[arg(long, env = "SEARCH_INDEX_DIR")]
@@ -65,6 +74,7 @@ impl Default for SearchConfig {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50052)),
             http_addr: DEFAULT_HTTP_ADDR.to_string(),
             sync_addrs: Vec::new(),
+            sync_addrs_updates: None,
             index_dir: None,
             maps: String::new(),
             internal_token: None,
@@ -80,13 +90,9 @@ impl SearchConfig {
         <Self as clap::Parser>::try_parse_from(["search-service"])
     }
 
-    /// The shard addresses, trimmed, blanks dropped.
+    /// The initial shard addresses, trimmed, blanks and repeats dropped.
     pub fn shard_addrs(&self) -> Vec<String> {
-        self.sync_addrs
-            .iter()
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect()
+        normalize_addrs(&self.sync_addrs)
     }
 
     /// The engine settings this configuration implies.
@@ -99,6 +105,18 @@ impl SearchConfig {
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
         }
     }
+}
+
+/// `addrs` trimmed, blanks dropped, each address once (first occurrence kept): a
+/// follower is keyed by its address.
+pub(crate) fn normalize_addrs(addrs: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(addrs.len());
+    for addr in addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        if !out.iter().any(|seen| seen == addr) {
+            out.push(addr.to_string());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -118,7 +136,7 @@ mod tests {
         let parsed = SearchConfig::try_parse_from([
             "search-service",
             "--sync-addrs",
-            "http://127.0.0.1:1, http://127.0.0.1:2,",
+            "http://127.0.0.1:1, http://127.0.0.1:2,http://127.0.0.1:1",
             "--maps",
             "a,b",
         ])
@@ -127,6 +145,7 @@ mod tests {
             parsed.shard_addrs(),
             vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]
         );
+        assert!(parsed.sync_addrs_updates.is_none());
         assert!(parsed.engine_config().indexed_maps.contains("b"));
         assert!(!parsed.engine_config().indexed_maps.contains("c"));
     }

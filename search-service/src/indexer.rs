@@ -19,7 +19,7 @@ use crate::live::{classify, Delivery, LiveChange, LiveRegistry};
 
 /// Where a batch of updates came from, for the shard bookkeeping.
 pub(crate) struct Origin {
-    /// Index of the shard in `SYNC_ADDRS`.
+    /// Index of the shard follower (unique per follower, never reused).
     pub shard: usize,
     /// The shard's current scan generation.
     pub generation: u64,

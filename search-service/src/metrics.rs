@@ -6,6 +6,7 @@
 
 use crate::engine::SearchEngine;
 use crate::ingest::Ingestor;
+use parking_lot::Mutex;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -99,7 +100,9 @@ impl SearchMetrics {
             &["shard"],
         )?;
         let engine = engine.clone();
-        let progress = ingest.map(Ingestor::progress).unwrap_or_default();
+        let ingest = ingest.cloned();
+        // Shards given a lag series, so a shard no longer followed loses its series.
+        let labelled: Mutex<Vec<String>> = Mutex::default();
         let (d, s, c, l) = (
             documents.clone(),
             subscriptions.clone(),
@@ -120,11 +123,22 @@ impl SearchMetrics {
                 s.set(gauge_value(stats.subscriptions as u64));
                 // The engine's counter is monotonic: add what it gained since last time.
                 c.inc_by(stats.commits.saturating_sub(c.get()));
+                // Read at every scrape: the set of shards can change at runtime.
+                let progress = ingest.as_ref().map(Ingestor::progress).unwrap_or_default();
+                let mut labelled = labelled.lock();
+                for gone in labelled
+                    .iter()
+                    .filter(|addr| !progress.iter().any(|p| p.addr == **addr))
+                {
+                    let _ = l.remove_label_values(&[gone.as_str()]);
+                }
+                labelled.clear();
                 for shard in &progress {
                     let head = shard.head_seq.load(Ordering::Relaxed);
                     let committed = shard.committed_seq.load(Ordering::Relaxed);
                     l.with_label_values(&[shard.addr.as_str()])
                         .set(gauge_value(head.saturating_sub(committed)));
+                    labelled.push(shard.addr.clone());
                 }
             },
         )

@@ -56,9 +56,10 @@ pub async fn serve(
 }
 
 /// Serves on `listener`, without an ops port, until `shutdown` completes: starts the
-/// engine and one ingestion task per shard of `SYNC_ADDRS`, and the gRPC server with
-/// the health service (NOT_SERVING until every shard's first scan is searchable,
-/// NOT_SERVING again while draining) and server reflection. With a non-empty internal
+/// engine and one ingestion task per shard of `SYNC_ADDRS` (then of each set sent on
+/// `sync_addrs_updates`, when given), and the gRPC server with the health service
+/// (NOT_SERVING until every initial shard's first scan is searchable, NOT_SERVING
+/// again while draining) and server reflection. With a non-empty internal
 /// token, every SearchService call must carry it and every call to the shards carries
 /// it.
 pub async fn serve_with_listener(
@@ -104,10 +105,13 @@ async fn run(
 ) -> Result<(), SearchError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let addrs = config.shard_addrs();
-    if addrs.is_empty() {
+    if addrs.is_empty() && config.sync_addrs_updates.is_none() {
         tracing::warn!("SYNC_ADDRS is empty: nothing will be indexed");
     }
     let ingest = Ingestor::start(&engine, &addrs, config.internal_token.as_deref(), stop_rx)?;
+    if let Some(updates) = config.sync_addrs_updates.clone() {
+        ingest.follow_updates(updates);
+    }
 
     let metrics = SearchMetrics::new();
     metrics.watch(&engine, Some(&ingest))?;

@@ -596,3 +596,154 @@ async fn maps_added_to_the_indexed_set_at_runtime_are_scanned() {
     search_service.stop().await;
     sync.stop().await;
 }
+
+/// The shard addresses the replica reports in IndexStatus, in order.
+async fn followed_shards(client: &SearchServiceClient<Channel>) -> Option<Vec<String>> {
+    let mut client = client.clone();
+    let status = client
+        .index_status(IndexStatusRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    Some(status.shards.into_iter().map(|s| s.shard).collect())
+}
+
+/// Waits until searching `query` returns exactly the keys `expected`, in any order.
+async fn wait_for_key_set(
+    client: &SearchServiceClient<Channel>,
+    map: &str,
+    query: &str,
+    expected: &[&str],
+) {
+    let mut expected: Vec<&str> = expected.to_vec();
+    expected.sort_unstable();
+    let expected = &expected;
+    eventually(
+        &format!("'{query}' in {map} to return {expected:?}"),
+        || async move {
+            let response = search(client, map, query).await?;
+            let mut found = keys(&response);
+            found.sort_unstable();
+            (found == *expected).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_shards_added_and_removed_at_runtime() {
+    let (sync1, sync2) = (start_sync().await, start_sync().await);
+    let (url1, url2) = (
+        format!("http://{}", sync1.addr),
+        format!("http://{}", sync2.addr),
+    );
+    let mut writer1 = Writer::new(sync1.addr).await;
+    let mut writer2 = Writer::new(sync2.addr).await;
+    writer1.put("docs", "a1", "alpha one").await;
+    writer2.put("docs", "b1", "alpha two").await;
+
+    let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(vec![url1.clone()]);
+    let config = SearchConfig {
+        sync_addrs: vec![url1.clone()],
+        sync_addrs_updates: Some(addrs_rx),
+        commit_interval_ms: 20,
+        ..SearchConfig::default()
+    };
+    let search_service = spawn_service(|listener, stopped| {
+        topgun_search::serve_with_listener(listener, config, async {
+            let _ = stopped.await;
+        })
+    })
+    .await;
+    let client = SearchServiceClient::new(channel(search_service.addr).await);
+
+    // Shard 1 only: shard 2's record is unknown.
+    wait_for_key_set(&client, "docs", "alpha", &["a1"]).await;
+    assert_eq!(
+        followed_shards(&client).await.expect("status"),
+        vec![url1.clone()]
+    );
+
+    // Shard 2 joins: its existing records are scanned and its new ones tailed.
+    addrs_tx
+        .send(vec![url1.clone(), url2.clone()])
+        .expect("replica listens");
+    wait_for_key_set(&client, "docs", "alpha", &["a1", "b1"]).await;
+    writer2.put("docs", "b2", "alpha three").await;
+    wait_for_key_set(&client, "docs", "alpha", &["a1", "b1", "b2"]).await;
+    assert_eq!(
+        followed_shards(&client).await.expect("status"),
+        vec![url1.clone(), url2.clone()]
+    );
+
+    // Shard 1 leaves: its follower stops and its lag entry goes, the documents it
+    // indexed stay, and shard 2 keeps being followed.
+    addrs_tx.send(vec![url2.clone()]).expect("replica listens");
+    eventually("only shard 2 to be followed", || {
+        let client = &client;
+        let url2 = &url2;
+        async move { (followed_shards(client).await? == vec![url2.clone()]).then_some(()) }
+    })
+    .await;
+    writer1.put("docs", "a2", "alpha after leaving").await;
+    writer2.put("docs", "b3", "alpha four").await;
+    wait_for_key_set(&client, "docs", "alpha", &["a1", "b1", "b2", "b3"]).await;
+    // b3 was written after a2 and is searchable, so a2 would be too if shard 1 were
+    // still followed.
+    wait_for_key_set(&client, "docs", "leaving", &[]).await;
+    wait_for_keys(&client, "docs", "one", &["a1"]).await;
+
+    search_service.stop().await;
+    sync1.stop().await;
+    sync2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_covers_exactly_the_current_followers() {
+    use topgun_search::ingest::Ingestor;
+    use topgun_search::SearchEngine;
+
+    let sync = start_sync().await;
+    let url = format!("http://{}", sync.addr);
+    let engine = SearchEngine::start(SearchConfig::default().engine_config()).expect("engine");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingest =
+        Ingestor::start(&engine, std::slice::from_ref(&url), None, stop_rx).expect("valid address");
+    tokio::time::timeout(PATIENCE, ingest.wait_ready())
+        .await
+        .expect("shard scanned in time");
+
+    // A shard nobody answers at: not ready while it is followed.
+    let unreachable = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        drop(listener);
+        format!("http://{addr}")
+    };
+    ingest.set_addrs(&[url.clone(), unreachable.clone()]).await;
+    assert!(!ingest.is_ready());
+    let addrs: Vec<String> = ingest.progress().iter().map(|p| p.addr.clone()).collect();
+    assert_eq!(addrs, vec![url.clone(), unreachable.clone()]);
+    let waiting = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.wait_ready().await }
+    });
+
+    // Dropping it ends its follower (mid-retry) and makes the replica ready again; an
+    // invalid address is skipped.
+    ingest
+        .set_addrs(&[" ".into(), url.clone(), "not a url".into()])
+        .await;
+    assert!(ingest.is_ready());
+    tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("wait_ready sees the removal")
+        .expect("no panic");
+    let lags = ingest.lags().await;
+    assert_eq!(lags.len(), 1);
+    assert_eq!(lags[0].shard, url);
+
+    let _ = stop_tx.send(true);
+    engine.shutdown().await;
+    sync.stop().await;
+}

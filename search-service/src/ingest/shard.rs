@@ -52,6 +52,7 @@ enum TailEnd {
 
 /// Ingestion state of one shard.
 pub(crate) struct ShardIngest {
+    /// The follower's shard index, which tags the documents it writes.
     pub index: usize,
     pub client: SyncClient,
     pub engine: SearchEngine,
