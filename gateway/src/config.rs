@@ -14,7 +14,11 @@ pub struct GatewayOptions {
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
     /// Bind address of the client listener.
-    #[arg(long = "host", env = "TOPGUN_BIND_ADDR", default_value = "0.0.0.0")]
+    #[arg(
+        long = "bind-addr",
+        env = "TOPGUN_BIND_ADDR",
+        default_value = "0.0.0.0"
+    )]
     pub bind_addr: String,
     /// Node id of this gateway.
     #[arg(long, env = "NODE_ID", default_value = "gateway-1")]

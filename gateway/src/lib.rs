@@ -4,6 +4,7 @@
 //! the shards' change feeds, and serves health, metrics and the admin API.
 
 pub mod auth;
+pub mod cluster_view;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -39,13 +39,12 @@ async fn merkle_nodes(
     path: &str,
 ) -> Result<Vec<topgun_proto::grpc::sync::MerkleNodeResponse>, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
-    let calls = gw.sync.shards().iter().map(|shard| {
+    let calls = gw.sync.shards().into_iter().map(|shard| {
         let req = gw.sync.request(MerkleNodeRequest {
             map_name: map.to_string(),
             kind: kind as i32,
             path: path.to_string(),
         });
-        let shard = shard.clone();
         async move {
             let result = shard.client().merkle_node(req).await;
             shard.mark(result.is_ok());
@@ -127,14 +126,13 @@ pub async fn run_query(
     };
     let query_bytes = wire::encode_body(&filter);
     let after_bytes = after.map(|p| wire::encode_value(&p.to_value()));
-    let calls = gw.sync.shards().iter().map(|shard| {
+    let calls = gw.sync.shards().into_iter().map(|shard| {
         let req = gw.sync.request(RunQueryRequest {
             map_name: map.to_string(),
             query: query_bytes.clone(),
             limit: limit.map_or(0, |l| l as u32),
             after: after_bytes.clone(),
         });
-        let shard = shard.clone();
         async move {
             let result = shard.client().run_query(req).await;
             shard.mark(result.is_ok());
@@ -180,10 +178,11 @@ pub async fn get_records(
     keys: &[String],
 ) -> Result<Vec<KeyState>, GatewayError> {
     let timeout_ms = gw.operation_timeout_ms();
+    let topology = gw.sync.topology();
     let mut by_shard: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for key in keys {
         by_shard
-            .entry(gw.sync.shard_for_key(key))
+            .entry(topology.index_for_key(key))
             .or_default()
             .push(key.clone());
     }
@@ -193,7 +192,7 @@ pub async fn get_records(
             kind: kind as i32,
             keys,
         });
-        let shard = gw.sync.shards()[shard].clone();
+        let shard = topology.shards[shard].clone();
         async move { shard.client().get_records(req).await }
     });
     let mut out = Vec::new();

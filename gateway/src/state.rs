@@ -66,6 +66,8 @@ pub struct Gateway {
     pub auth: Option<JwtVerifier>,
     /// The sync shards.
     pub sync: SyncCluster,
+    /// Peer cluster membership as last agreed (None = a single node or a static suite).
+    pub cluster: RwLock<Option<Arc<crate::cluster_view::ClusterView>>>,
     /// Search replicas, if any.
     pub search: Option<SearchReplicas>,
     /// Open connections.
@@ -114,6 +116,7 @@ impl Gateway {
             server: RwLock::new(server),
             auth,
             sync,
+            cluster: RwLock::new(None),
             search,
             connections: Connections::default(),
             queries: QueryRegistry::default(),

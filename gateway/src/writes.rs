@@ -38,7 +38,6 @@ pub struct Rejection {
 pub struct ValidOp {
     op: pbs::Op,
     requested: WriteConcern,
-    shard: usize,
 }
 
 /// Map names: any non-empty UTF-8 string up to 1024 bytes without control characters.
@@ -139,12 +138,11 @@ fn validate_op(
             .write_concern
             .or(batch_concern)
             .unwrap_or(WriteConcern::Memory),
-        shard: gw.sync.shard_for_key(&op.key),
     })
 }
 
 /// An LWW write issued by the gateway itself (system maps), bypassing client checks.
-pub(crate) fn system_op(gw: &Gateway, map_name: &str, key: &str, record: LwwRecord) -> ValidOp {
+pub(crate) fn system_op(map_name: &str, key: &str, record: LwwRecord) -> ValidOp {
     ValidOp {
         op: pbs::Op {
             op_id: String::new(),
@@ -153,7 +151,6 @@ pub(crate) fn system_op(gw: &Gateway, map_name: &str, key: &str, record: LwwReco
             kind: Some(Kind::LwwPut((&record).into())),
         },
         requested: WriteConcern::Persisted,
-        shard: gw.sync.shard_for_key(key),
     }
 }
 
@@ -183,7 +180,6 @@ pub fn validate_or_merge(
                     })),
                 },
                 requested: WriteConcern::Applied,
-                shard: gw.sync.shard_for_key(&entry.key),
             }
         })
         .collect())
@@ -229,10 +225,11 @@ async fn apply_inner(
         connection_id: writer.conn_id.unwrap_or(0),
     };
 
-    let shard_count = gw.sync.shards().len();
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); shard_count];
+    // One snapshot routes the whole batch, even if membership changes meanwhile.
+    let topology = gw.sync.topology();
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); topology.shards.len()];
     for (i, op) in ops.iter().enumerate() {
-        groups[op.shard.min(shard_count - 1)].push(i);
+        groups[topology.index_for_key(&op.op.key)].push(i);
     }
     let calls = groups
         .iter()
@@ -249,7 +246,7 @@ async fn apply_inner(
                 ) as i32,
                 origin: Some(origin.clone()),
             };
-            let handle = gw.sync.shards()[shard].clone();
+            let handle = topology.shards[shard].clone();
             let req = gw.sync.request(request);
             let metrics = gw.metrics.clone();
             async move {

@@ -133,7 +133,8 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
         return resp;
     }
     gw.sync.refresh().await;
-    let table = gw.sync.partition_table();
+    let topology = gw.sync.topology();
+    let table = topology.owners();
     let uptime = gw.uptime_secs();
     let node = |node_id: String,
                 role: &str,
@@ -151,7 +152,7 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
         uptime,
     };
     let shard_id = |index: usize| {
-        gw.sync.shards()[index]
+        topology.shards[index]
             .info()
             .map_or_else(|| format!("sync-{index}"), |i| i.node_id)
     };
@@ -163,7 +164,7 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
         0,
         gw.connections.len(),
     )];
-    for (index, shard) in gw.sync.shards().iter().enumerate() {
+    for (index, shard) in topology.shards.iter().enumerate() {
         let status = if shard.is_reachable() {
             "healthy"
         } else {
@@ -181,7 +182,7 @@ pub async fn cluster_status(State(gw): State<Arc<Gateway>>, headers: HeaderMap) 
     }
     // Storage services as the shards see them (one row per distinct address).
     let mut storages: BTreeMap<String, bool> = BTreeMap::new();
-    for info in gw.sync.shards().iter().filter_map(|s| s.info()) {
+    for info in topology.shards.iter().filter_map(|s| s.info()) {
         if !info.storage_addr.is_empty() {
             *storages.entry(info.storage_addr).or_insert(true) &= info.storage_healthy;
         }

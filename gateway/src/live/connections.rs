@@ -32,6 +32,7 @@ pub struct ConnHandle {
     close_tx: mpsc::Sender<Outbound>,
     send_timeout: Duration,
     metrics: Metrics,
+    authenticated: std::sync::atomic::AtomicBool,
 }
 
 /// The receiving ends handed to the connection's writer task.
@@ -60,9 +61,22 @@ impl ConnHandle {
                 close_tx,
                 send_timeout,
                 metrics,
+                authenticated: std::sync::atomic::AtomicBool::new(false),
             }),
             OutboundQueues { frames, control },
         )
+    }
+
+    /// Marks the connection authenticated: it now receives cluster-wide pushes.
+    pub fn mark_authenticated(&self) {
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the client has authenticated (always, in no-auth mode).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Encodes a message for this connection.

@@ -2,7 +2,9 @@
 //! SERVER_EVENTs and live-query updates for this gateway's clients, whichever gateway
 //! took the write; resumption after a reconnect continues from the last sequence number.
 
+use crate::services::sync_cluster::Shard;
 use crate::state::Gateway;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -13,16 +15,34 @@ use topgun_proto::wire::{
     self, LwwRecord, Message, OrMapRecord, ServerEventPayload, ServerEventType, TopicMessagePayload,
 };
 
-/// Starts one feed consumer and one topic consumer per shard; they stop when `stop` flips.
+/// Follows every shard of the topology with one feed consumer and one topic consumer,
+/// starting consumers for shards that join and letting those of leaving shards stop
+/// (their `retired` flag flips); everything stops when `stop` flips.
 pub fn spawn_consumers(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
-    for index in 0..gw.sync.shards().len() {
-        tokio::spawn(consume_changes(gw.clone(), index, stop.clone()));
-        tokio::spawn(consume_topics(gw.clone(), index, stop.clone()));
-    }
+    tokio::spawn(supervise(gw, stop));
 }
 
-async fn consume_changes(gw: Arc<Gateway>, index: usize, mut stop: watch::Receiver<bool>) {
-    let shard = gw.sync.shards()[index].clone();
+async fn supervise(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    let mut changes = gw.sync.changes();
+    let mut followed: HashSet<String> = HashSet::new();
+    loop {
+        let shards = gw.sync.shards();
+        followed.retain(|addr| shards.iter().any(|s| &s.addr == addr));
+        for shard in shards {
+            if followed.insert(shard.addr.clone()) {
+                tokio::spawn(consume_changes(gw.clone(), shard.clone(), shard.retired()));
+                tokio::spawn(consume_topics(gw.clone(), shard.clone(), shard.retired()));
+            }
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { break },
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    gw.sync.retire_all();
+}
+
+async fn consume_changes(gw: Arc<Gateway>, shard: Arc<Shard>, mut stop: watch::Receiver<bool>) {
     let (mut epoch, mut next_seq) = (String::new(), 0u64);
     let mut backoff = Duration::from_millis(100);
     while !*stop.borrow() {
@@ -148,8 +168,7 @@ fn dispatch(gw: &Gateway, event: ChangeEvent) {
     }
 }
 
-async fn consume_topics(gw: Arc<Gateway>, index: usize, mut stop: watch::Receiver<bool>) {
-    let shard = gw.sync.shards()[index].clone();
+async fn consume_topics(gw: Arc<Gateway>, shard: Arc<Shard>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     while !*stop.borrow() {
         let mut client = shard.client();

@@ -32,7 +32,7 @@ fn record_for(gw: &Gateway, policy: Option<&Policy>) -> Result<LwwRecord, Gatewa
 }
 
 async fn write(gw: &Arc<Gateway>, key: &str, record: LwwRecord) -> Result<(), GatewayError> {
-    let op = writes::system_op(gw, POLICY_MAP, key, record);
+    let op = writes::system_op(POLICY_MAP, key, record);
     let applied = writes::apply(gw, vec![op], &Writer::default()).await?;
     match applied.results.into_iter().next() {
         Some(r) if r.success => Ok(()),

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use topgun_proto::grpc::sync::PublishTopicRequest;
 use topgun_proto::hlc::wall_clock_ms;
-use topgun_proto::partition::{partition_of, PARTITION_COUNT};
+use topgun_proto::partition::partition_of;
 use topgun_proto::wire::{
-    self, batch, AuthAck, AuthFail, ClientOp, DecodeError, Message, NodeEndpoints, NodeInfo,
-    OpAckPayload, OpRejectedPayload, PartitionInfo, PartitionMapPayload, Pong, WriteConcern,
+    self, batch, AuthAck, AuthFail, ClientOp, DecodeError, Message, OpAckPayload,
+    OpRejectedPayload, Pong, WriteConcern,
 };
 
 /// Whether the reader keeps going.
@@ -50,6 +50,7 @@ impl Session {
         let auth = if gw.auth.is_some() {
             AuthState::Unauthenticated
         } else {
+            conn.mark_authenticated();
             AuthState::Authenticated(None)
         };
         Session {
@@ -167,6 +168,7 @@ impl Session {
             Ok(principal) => {
                 let user_id = Some(principal.id.clone());
                 self.auth = AuthState::Authenticated(Some(principal));
+                self.conn.mark_authenticated();
                 self.send(Message::AuthAck(AuthAck {
                     protocol_version: Some(1),
                     user_id,
@@ -224,8 +226,9 @@ impl Session {
             Message::TopicPub { payload } => self.topic_pub(payload.topic, payload.data).await,
             Message::PartitionMapRequest { payload } => {
                 let current = payload.and_then(|p| p.current_version).unwrap_or(0);
-                if current < 1 {
-                    self.send(self.partition_map()).await;
+                if current < crate::cluster_view::version(&self.gw) {
+                    self.send(crate::cluster_view::current(&self.gw, &self.host))
+                        .await;
                 }
             }
             Message::Batch(envelope) => self.client_batch(&envelope.data).await,
@@ -322,7 +325,7 @@ impl Session {
             return;
         }
         // The shard owning hash(topic) relays to every gateway, this one included.
-        let shard = &self.gw.sync.shards()[self.gw.sync.shard_for_partition(partition_of(&topic))];
+        let shard = self.gw.sync.shard_for_partition(partition_of(&topic));
         let request = self.gw.sync.request(PublishTopicRequest {
             topic,
             data: wire::encode_value(&data),
@@ -356,43 +359,6 @@ impl Session {
             if Box::pin(self.handle(&frame)).await == Flow::Stop {
                 return;
             }
-        }
-    }
-
-    /// This gateway as the single endpoint owning all partitions (core.md §7.3).
-    fn partition_map(&self) -> Message {
-        let node_id = self.gw.node_id();
-        let scheme = if self.gw.network.tls.is_some() {
-            "wss"
-        } else {
-            "ws"
-        };
-        let http_scheme = if self.gw.network.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        Message::PartitionMap {
-            payload: PartitionMapPayload {
-                version: 1,
-                partition_count: PARTITION_COUNT,
-                nodes: vec![NodeInfo {
-                    node_id: node_id.clone(),
-                    endpoints: NodeEndpoints {
-                        websocket: format!("{scheme}://{}/ws", self.host),
-                        http: Some(format!("{http_scheme}://{}", self.host)),
-                    },
-                    status: "ACTIVE".into(),
-                }],
-                partitions: (0..PARTITION_COUNT)
-                    .map(|p| PartitionInfo {
-                        partition_id: p,
-                        owner_node_id: node_id.clone(),
-                        backup_node_ids: vec![],
-                    })
-                    .collect(),
-                generated_at: wall_clock_ms(),
-            },
         }
     }
 }
