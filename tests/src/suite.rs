@@ -188,9 +188,6 @@ impl Suite {
                     ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
                     ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
                     ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
-                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                 ],
             ));
         }
@@ -215,9 +212,6 @@ impl Suite {
                     ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
                     ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
                     ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
-                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                 ],
             ));
         }
@@ -239,9 +233,6 @@ impl Suite {
                     ("JWT_SECRET", TEST_JWT_SECRET.into()),
                     ("TOPGUN_ADMIN_PASSWORD", "admin-pass".into()),
                     ("TOPGUN_INTERNAL_TOKEN", token.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
-                    ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
-                    ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),
                     ("TOPGUN_INTERNAL_TLS_CERT", tls.cert.clone()),
                     ("TOPGUN_INTERNAL_TLS_KEY", tls.key.clone()),
                     ("TOPGUN_INTERNAL_TLS_CA", tls.cert.clone()),

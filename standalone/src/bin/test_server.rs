@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use topgun_gateway::config::GatewayOptions;
+use topgun_standalone::cluster::ClusterOptions;
 use topgun_storage::StorageConfig;
 
 /// glibc malloc dominated server profiles under write load (≈47% of CPU); mimalloc's
@@ -20,6 +21,8 @@ const TEST_JWT_SECRET: &str = "test-e2e-secret";
 struct Cli {
     #[command(flatten)]
     gateway: GatewayOptions,
+    #[command(flatten)]
+    cluster: ClusterOptions,
 }
 
 #[tokio::main]
@@ -35,5 +38,5 @@ async fn main() {
         database_url: std::env::var("DATABASE_URL").ok(),
         ..StorageConfig::default()
     };
-    topgun_standalone::suite::run_binary(cli.gateway, storage).await;
+    topgun_standalone::suite::run_binary(cli.gateway, cli.cluster, storage).await;
 }

@@ -4,6 +4,7 @@
 
 use clap::Parser;
 use topgun_gateway::config::GatewayOptions;
+use topgun_standalone::cluster::ClusterOptions;
 use topgun_storage::StorageConfig;
 
 /// glibc malloc dominated server profiles under write load (≈47% of CPU); mimalloc's
@@ -17,6 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(flatten)]
     gateway: GatewayOptions,
+    #[command(flatten)]
+    cluster: ClusterOptions,
     #[command(flatten)]
     storage: StorageArgs,
 }
@@ -48,5 +51,5 @@ async fn main() {
         table: cli.storage.table,
         ..StorageConfig::default()
     };
-    topgun_standalone::suite::run_binary(cli.gateway, storage).await;
+    topgun_standalone::suite::run_binary(cli.gateway, cli.cluster, storage).await;
 }

@@ -8,6 +8,7 @@ mod durability;
 mod live_queries;
 mod merkle_sync;
 mod operations;
+mod peer_cluster;
 mod search;
 mod service_ops;
 mod tls;
