@@ -80,13 +80,21 @@ pub async fn run(
     let (storage_stop_tx, storage_stop) = watch::channel(false);
     let (sync_stop_tx, sync_stop) = watch::channel(false);
 
-    let (storage_listener, storage_addr) = loopback().await?;
-    let storage: JoinHandle<_> = tokio::spawn(topgun_storage::serve_with_listener(
-        storage_listener,
-        options.store,
-        token_opt.clone(),
-        until(storage_stop),
-    ));
+    // The null store keeps nothing: the shard reports writes persisted itself rather
+    // than sending every row over a storage hop to be discarded.
+    let null_storage = options.store.backend_name() == "null";
+    let storage: Option<(JoinHandle<_>, SocketAddr)> = if null_storage {
+        None
+    } else {
+        let (storage_listener, storage_addr) = loopback().await?;
+        let task = tokio::spawn(topgun_storage::serve_with_listener(
+            storage_listener,
+            options.store,
+            token_opt.clone(),
+            until(storage_stop),
+        ));
+        Some((task, storage_addr))
+    };
 
     let (sync_listener, sync_addr) =
         if let Some(port) = options.cluster.cluster_port.filter(|_| clustered) {
@@ -126,7 +134,8 @@ pub async fn run(
         node_id: Some(format!("{}-sync", options.gateway.node_id)),
         // Clustered, membership hands out partitions; each gain loads from storage.
         start_unowned: clustered,
-        storage_addr: Some(format!("http://{storage_addr}")),
+        storage_addr: storage.as_ref().map(|(_, addr)| format!("http://{addr}")),
+        null_storage,
         internal_token: token_opt.clone(),
         max_concurrent_operations: options.gateway.max_concurrent_operations as usize,
         default_operation_timeout_ms: options.gateway.default_operation_timeout_ms,
@@ -224,7 +233,9 @@ pub async fn run(
     let _ = sync_stop_tx.send(true);
     let _ = sync.await;
     let _ = storage_stop_tx.send(true);
-    let _ = storage.await;
+    if let Some((task, _)) = storage {
+        let _ = task.await;
+    }
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(SuiteError::Start(e.to_string())),

@@ -49,6 +49,12 @@ pub struct SyncConfig {
     #[arg(skip)]
     pub start_unowned: bool,
 
+    /// Without `storage_addr`, still report writes PERSISTED: the single-process
+    /// binaries with the null store, where a storage hop would only discard the rows
+    /// (set programmatically).
+    #[arg(skip)]
+    pub null_storage: bool,
+
     /// Storage service endpoint, e.g. `http://127.0.0.1:50053` (`STORAGE_ADDR`); unset
     /// = memory only (writes reach APPLIED, never PERSISTED).
     #[arg(long, env = "STORAGE_ADDR")]
@@ -93,6 +99,7 @@ impl Default for SyncConfig {
             shard_count: 1,
             partitions: None,
             start_unowned: false,
+            null_storage: false,
             storage_addr: None,
             internal_token: None,
             gc_interval_ms: 60_000,
@@ -125,6 +132,8 @@ pub struct ValidatedConfig {
     pub gc_interval: Duration,
     /// Tombstone age limit in ms.
     pub tombstone_ttl_ms: u64,
+    /// Writes without storage count as persisted (see [`SyncConfig::null_storage`]).
+    pub null_storage: bool,
     /// In-flight RPC limit.
     pub max_concurrent_operations: usize,
     /// Cap on every RPC's deadline.
@@ -206,6 +215,7 @@ impl SyncConfig {
             internal_token: self.internal_token.clone().filter(|t| !t.is_empty()),
             gc_interval: Duration::from_millis(self.gc_interval_ms),
             tombstone_ttl_ms: self.tombstone_ttl_ms,
+            null_storage: self.null_storage && self.storage_addr.is_none(),
             max_concurrent_operations: self.max_concurrent_operations,
             operation_timeout: Duration::from_millis(self.default_operation_timeout_ms),
             change_feed_buffer: self.change_feed_buffer,

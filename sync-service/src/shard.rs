@@ -57,6 +57,8 @@ pub struct Shard {
     /// Serializes SetPartitions calls, so versions apply in order.
     switching: tokio::sync::Mutex<()>,
     tombstone_ttl_ms: u64,
+    /// No storage, yet writes count as persisted (the null store).
+    null_storage: bool,
     operation_timeout: Duration,
     state: RwLock<ShardState>,
     hlc: Mutex<Hlc>,
@@ -121,6 +123,7 @@ impl Shard {
             })),
             switching: tokio::sync::Mutex::new(()),
             tombstone_ttl_ms: config.tombstone_ttl_ms,
+            null_storage: config.null_storage,
             operation_timeout: config.operation_timeout,
             state: RwLock::new(ShardState::new()),
             hlc: Mutex::new(Hlc::new(config.node_id.clone())),
@@ -237,6 +240,7 @@ impl Shard {
                 p.write(prepared).await?;
                 WriteConcern::Persisted
             }
+            _ if self.null_storage => WriteConcern::Persisted,
             _ => WriteConcern::Applied,
         };
         let requested = batch.write_concern;
@@ -926,6 +930,27 @@ mod tests {
             write_concern,
             origin: Origin::default(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_null_store_reports_persisted_without_a_storage_hop() {
+        let config = SyncConfig {
+            null_storage: true,
+            ..Default::default()
+        };
+        let shard = Shard::new(&config.validate().expect("valid"), None);
+        let results = shard
+            .apply_batch(batch(
+                vec![put("a", Value::from(1), 1)],
+                WriteConcern::Persisted,
+            ))
+            .await
+            .expect("ok");
+        assert!(results[0].success, "{:?}", results[0]);
+        assert_eq!(
+            results[0].achieved_level,
+            pb_common::WriteConcern::Persisted as i32
+        );
     }
 
     #[tokio::test]

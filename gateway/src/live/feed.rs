@@ -103,6 +103,10 @@ async fn consume_changes(gw: Arc<Gateway>, shard: Arc<Shard>, mut stop: watch::R
 
 /// Turns one change into SERVER_EVENTs and QUERY_UPDATEs (writer excluded).
 fn dispatch(gw: &Gateway, event: ChangeEvent) {
+    // Most writes have no watcher on this gateway: skip decoding their records.
+    if event.map_name != super::policy_sync::POLICY_MAP && !gw.queries.has_map(&event.map_name) {
+        return;
+    }
     let writer_conn = event
         .origin
         .as_ref()

@@ -155,7 +155,19 @@ async fn login_issues_admin_tokens_for_the_right_credentials_only() {
 
 #[tokio::test]
 async fn maps_and_cluster_status_describe_the_data_and_the_members() {
-    let server = server().await;
+    // `topgun` on SQLite: every role, storage included (the null store of
+    // `test-server` runs no storage service).
+    let data = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start_bin(
+        "topgun",
+        &["--port", "0"],
+        &[
+            ("TOPGUN_DATA_DIR", data.path().to_string_lossy().to_string()),
+            ("JWT_SECRET", topgun_tests::TEST_JWT_SECRET.to_string()),
+            ("TOPGUN_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ],
+    )
+    .await;
     let map = map_name("admin-maps");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("u")).await;
     c.send(&batch(
