@@ -43,6 +43,12 @@ if ! python3 -c "import openapi_spec_validator, jsonschema, yaml" >/dev/null 2>&
     || { echo "error: cannot install openapi-spec-validator (PyPI)" >&2; exit 1; }
 fi
 
+# The Compose CLI's own validation of compose.yaml (`config` needs no Docker engine).
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null; } \
+    || { echo "error: cannot install docker-compose (Debian package)" >&2; exit 1; }
+fi
+
 # The whole-system tests start the real binaries, so build them first.
 cargo build --workspace --bins --locked -j "$JOBS"
 cargo test --workspace --locked -j "$JOBS" -- --test-threads="${TEST_THREADS:-2}"

@@ -1,5 +1,6 @@
-//! `compose.yaml` is a valid Compose file (checked against the Compose JSON schema, since
-//! CI has no Docker engine) and wires the suite the way the README documents.
+//! `compose.yaml` is a valid Compose file (checked against the Compose JSON schema and by
+//! the Compose CLI's `config`, neither of which needs a Docker engine) and wires the suite
+//! the way the README documents.
 
 use std::path::Path;
 
@@ -29,6 +30,34 @@ print("valid")
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn compose_cli_accepts_the_file() {
+    // `docker compose` (v2 plugin) where Docker is installed, else the standalone
+    // `docker-compose` (installed by scripts/test.sh).
+    let attempts: [(&str, &[&str]); 2] = [
+        ("docker", &["compose", "-f", "compose.yaml", "config", "-q"]),
+        ("docker-compose", &["-f", "compose.yaml", "config", "-q"]),
+    ];
+    let root = repo_file("");
+    let mut tried = Vec::new();
+    for (program, args) in attempts {
+        match std::process::Command::new(program)
+            .args(args)
+            .current_dir(&root)
+            .output()
+        {
+            Ok(out) if out.status.success() => return,
+            Ok(out) => tried.push(format!(
+                "{program}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Err(e) => tried.push(format!("{program}: {e}")),
+        }
+    }
+    panic!("no Compose CLI accepted compose.yaml:\n{}", tried.join("\n"));
 }
 
 #[test]
