@@ -1,6 +1,8 @@
 //! Search-service benchmark (plain `main`, no harness):
 //!
-//! 1. engine only: index 100k small documents, then time one-shot searches;
+//! 1. engine only: index 100k small documents, then time one-shot searches; then a
+//!    steady stream of small write batches to a map nobody searches (the CPU it costs
+//!    and how long the first search afterwards takes);
 //! 2. end to end with a real in-process sync shard: the lag from a write's
 //!    acknowledgement to the live-search ENTER it causes, and the bulk ingestion rate
 //!    through the change feed.
@@ -26,6 +28,13 @@ const DOCS: usize = 100_000;
 const QUERIES: usize = 2_000;
 const LAG_SAMPLES: usize = 200;
 const FEED_DOCS: usize = 20_000;
+/// Steady writes: batches of this many updates...
+const STEADY_BATCH: usize = 50;
+/// ...this many times...
+const STEADY_BATCHES: usize = 1_000;
+/// ...this far apart, over this many distinct keys.
+const STEADY_SPACING: Duration = Duration::from_millis(2);
+const STEADY_KEYS: usize = 20_000;
 
 /// Deterministic pseudo-random numbers (no dependency, same corpus every run).
 struct Lcg(u64);
@@ -70,6 +79,18 @@ fn sentence(rng: &mut Lcg, words: &[String], min: usize, max: usize) -> String {
         .join(" ")
 }
 
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat`;
+/// `None` where that file does not exist. Resolution: one clock tick (10 ms).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14, 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -109,15 +130,22 @@ async fn engine_bench() {
     for chunk in docs.chunks(1_000) {
         engine.apply(chunk.to_vec()).await.expect("apply");
     }
+    // The engine counts a document once the indexer has it (buffered or indexed).
+    while engine.stats().documents < DOCS as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let applied = started.elapsed();
     engine.flush().await.expect("flush");
     let elapsed = started.elapsed();
     let stats = engine.stats();
     assert_eq!(stats.documents, DOCS as u64);
     println!(
-        "indexing: {DOCS} docs in {:.2} s = {:.0} docs/s ({} commits)",
+        "indexing: {DOCS} docs in {:.2} s = {:.0} docs/s ({} commits; {:.2} s until the indexer had them all, then {:.2} s for the flush)",
         elapsed.as_secs_f64(),
         DOCS as f64 / elapsed.as_secs_f64(),
-        stats.commits
+        stats.commits,
+        applied.as_secs_f64(),
+        (elapsed - applied).as_secs_f64()
     );
 
     let mut latencies = Vec::with_capacity(QUERIES);
@@ -143,6 +171,59 @@ async fn engine_bench() {
         ms(percentile(&latencies, 0.99)),
         ms(latencies[latencies.len() - 1]),
         hits as f64 / QUERIES as f64
+    );
+    engine.shutdown().await;
+}
+
+/// A steady stream of small batches to a map nobody searches: the process CPU the
+/// engine spends on it, then the latency of the first search of that map.
+async fn steady_writes_bench() {
+    let words = vocabulary();
+    let mut rng = Lcg(99);
+    let batches: Vec<Vec<DocUpdate>> = (0..STEADY_BATCHES)
+        .map(|b| {
+            (0..STEADY_BATCH)
+                .map(|_| {
+                    let text = sentence(&mut rng, &words, 8, 20);
+                    DocUpdate::Lww {
+                        map: "quiet".into(),
+                        key: format!("q{:05}", rng.next(STEADY_KEYS)),
+                        timestamp: Timestamp::new(b as u64 + 1, 0, "bench"),
+                        value: Some(encode_value(&Value::Map(vec![(
+                            Value::from("text"),
+                            Value::from(text),
+                        )]))),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let engine = SearchEngine::start(EngineConfig::default()).expect("engine");
+    let cpu_before = process_cpu();
+    let started = Instant::now();
+    for batch in batches {
+        engine.apply(batch).await.expect("apply");
+        tokio::time::sleep(STEADY_SPACING).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
+    let commits = engine.stats().commits;
+    let searched = Instant::now();
+    let hits = engine
+        .search(SearchQuery::new("quiet", pick(&mut rng, &words)))
+        .await
+        .expect("search");
+    let first_search = searched.elapsed();
+    println!(
+        "steady writes to an unsearched map ({STEADY_BATCHES} batches of {STEADY_BATCH}, {} ms apart, {STEADY_KEYS} keys): {:.2} s, process CPU {} ({:.0}% of one core), {commits} commits; first search then {} ({} hits)",
+        STEADY_SPACING.as_millis(),
+        elapsed.as_secs_f64(),
+        cpu.map_or("n/a".to_string(), ms),
+        cpu.map_or(0.0, |c| c.as_secs_f64() / elapsed.as_secs_f64() * 100.0),
+        ms(first_search),
+        hits.len()
     );
     engine.shutdown().await;
 }
@@ -293,6 +374,7 @@ async fn end_to_end_bench() {
 
     let words = vocabulary();
     let mut rng = Lcg(7);
+    let cpu_before = process_cpu();
     let started = Instant::now();
     for chunk in (0..FEED_DOCS).collect::<Vec<_>>().chunks(500) {
         let ops = chunk
@@ -323,12 +405,33 @@ async fn end_to_end_bench() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let indexed = started.elapsed();
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     println!(
-        "change feed ingestion: {FEED_DOCS} docs written in {:.2} s ({:.0} docs/s), all searchable after {:.2} s ({:.0} docs/s end to end)",
+        "change feed ingestion: {FEED_DOCS} docs written in {:.2} s ({:.0} docs/s), all indexed after {:.2} s ({:.0} docs/s end to end), process CPU (shard + search) {}",
         written.as_secs_f64(),
         FEED_DOCS as f64 / written.as_secs_f64(),
         indexed.as_secs_f64(),
-        FEED_DOCS as f64 / indexed.as_secs_f64()
+        FEED_DOCS as f64 / indexed.as_secs_f64(),
+        cpu.map_or("n/a".to_string(), ms)
+    );
+    let searched = Instant::now();
+    let hits = search
+        .search(SearchRequest {
+            map_name: "feed".into(),
+            query: pick(&mut rng, &words).into(),
+            limit: 10,
+            min_score: None,
+        })
+        .await
+        .expect("search")
+        .into_inner()
+        .hits;
+    println!(
+        "first search of the fed map: {} ({} hits)",
+        ms(searched.elapsed()),
+        hits.len()
     );
 }
 
@@ -339,5 +442,6 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(engine_bench());
+    runtime.block_on(steady_writes_bench());
     runtime.block_on(end_to_end_bench());
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::engine::{EngineConfig, DEFAULT_MAX_PENDING_DOCS, DEFAULT_SUBSCRIBER_BUFFER};
+use crate::engine::{
+    EngineConfig, DEFAULT_MAX_BUFFERED_DOCS, DEFAULT_MAX_PENDING_DOCS, DEFAULT_SUBSCRIBER_BUFFER,
+};
 use crate::maps::IndexedMaps;
 
 /// Default gRPC listen address.
@@ -102,6 +104,7 @@ impl SearchConfig {
             indexed_maps: IndexedMaps::parse(&self.maps),
             commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
             max_pending_docs: DEFAULT_MAX_PENDING_DOCS,
+            max_buffered_docs: DEFAULT_MAX_BUFFERED_DOCS,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
         }
     }

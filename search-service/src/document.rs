@@ -80,6 +80,11 @@ pub(crate) struct DocState {
     shard: Option<usize>,
     lww: Option<LwwPart>,
     or: Option<OrPart>,
+    /// Whether tantivy may hold a document for the key: one was added and not deleted
+    /// since (committed or not). Kept by the indexer, so a key that never had a
+    /// document costs no delete: each delete is a query tantivy runs against every
+    /// segment at the next commit.
+    in_index: bool,
 }
 
 impl DocState {
@@ -140,6 +145,23 @@ impl DocState {
     /// True when nothing at all is held any more (not even a tombstone).
     pub fn is_empty(&self) -> bool {
         self.lww.is_none() && self.or.is_none()
+    }
+
+    /// True when the entry can be dropped: nothing is held, and tantivy holds no
+    /// document of the key that still has to be deleted.
+    pub fn is_forgettable(&self) -> bool {
+        self.is_empty() && !self.in_index
+    }
+
+    /// See the `in_index` field.
+    pub fn in_index(&self) -> bool {
+        self.in_index
+    }
+
+    /// Records that a document of the key was added to (`true`) or deleted from
+    /// (`false`) tantivy.
+    pub fn set_in_index(&mut self, in_index: bool) {
+        self.in_index = in_index;
     }
 
     /// True when the key has a value, i.e. belongs in the index.
@@ -263,6 +285,18 @@ mod tests {
             doc.value(),
             Some(encode_value(&Value::from("record")).as_slice())
         );
+    }
+
+    #[test]
+    fn an_entry_with_a_document_to_delete_is_not_forgettable() {
+        let mut doc = DocState::default();
+        doc.apply(&or(&["entry"]), SHARD0);
+        doc.set_in_index(true);
+        doc.apply(&or(&[]), SHARD0);
+        assert!(doc.is_empty());
+        assert!(!doc.is_forgettable(), "its document must be deleted first");
+        doc.set_in_index(false);
+        assert!(doc.is_forgettable());
     }
 
     #[test]

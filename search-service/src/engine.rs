@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,8 @@ use topgun_proto::grpc::search::{search_event, SearchEvent, SearchHit as PbHit, 
 
 use crate::document::{DocState, DocUpdate};
 use crate::error::SearchError;
-use crate::indexer::{self, Command, Origin};
-use crate::live::{self, LiveRegistry, LiveSearch, NewSubscription};
+use crate::indexer::{self, Command, FlushScope, Origin};
+use crate::live::{self, Joining, LiveRegistry, LiveSearch, NewSubscription};
 use crate::maps::{map_folder, IndexedMaps};
 use crate::text::matched_terms;
 use crate::text_index::TextIndex;
@@ -29,6 +29,9 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// Pending documents that force a commit before the interval is over, so a bulk load
 /// does not build one huge uncommitted segment.
 pub const DEFAULT_MAX_PENDING_DOCS: usize = 20_000;
+/// Buffered keys of maps nobody watches, over all maps, past which the largest buffers
+/// are indexed without waiting for a search, so memory stays bounded.
+pub const DEFAULT_MAX_BUFFERED_DOCS: usize = 100_000;
 /// Events queued per live-search subscriber before it counts as too slow and is dropped.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
 /// Commands queued to the indexer thread; a full queue makes ingestion wait.
@@ -45,6 +48,8 @@ pub struct EngineConfig {
     pub commit_interval: Duration,
     /// See [`DEFAULT_MAX_PENDING_DOCS`].
     pub max_pending_docs: usize,
+    /// See [`DEFAULT_MAX_BUFFERED_DOCS`].
+    pub max_buffered_docs: usize,
     /// See [`DEFAULT_SUBSCRIBER_BUFFER`].
     pub subscriber_buffer: usize,
 }
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             indexed_maps: IndexedMaps::All,
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_pending_docs: DEFAULT_MAX_PENDING_DOCS,
+            max_buffered_docs: DEFAULT_MAX_BUFFERED_DOCS,
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
         }
     }
@@ -113,7 +119,8 @@ impl From<SearchHit> for PbHit {
 /// Counters of a running engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EngineStats {
-    /// Indexed documents over all maps (as of the last commits).
+    /// Documents with a value over all maps: what searches see, since a search first
+    /// indexes what its map has buffered (live maps: as of their next commit).
     pub documents: u64,
     /// Maps with an index.
     pub maps: usize,
@@ -129,6 +136,12 @@ pub struct EngineStats {
 pub(crate) struct MapState {
     pub text: TextIndex,
     pub docs: RwLock<HashMap<String, DocState>>,
+    /// Keys of `docs` that have a value (kept by the indexer), so counting documents
+    /// needs neither a searcher nor the map's buffered writes indexed.
+    pub documents: AtomicU64,
+    /// Keys written since the map was last indexed (kept by the indexer); zero for a
+    /// map someone watches.
+    pub buffered: AtomicUsize,
     pub live: Arc<Mutex<LiveRegistry>>,
 }
 
@@ -154,7 +167,7 @@ impl MapState {
         let Some(parsed) = self.text.parse(&query.query) else {
             return Ok(Vec::new());
         };
-        let searcher = self.text.searcher();
+        let searcher = self.text.merged_searcher();
         let top = self.text.top(&searcher, parsed.as_ref(), query.limit)?;
         Ok(self.hits(top, query))
     }
@@ -168,6 +181,9 @@ pub(crate) struct Shared {
     pub subscriber_buffer: usize,
     pub dropped_subscribers: AtomicU64,
     pub commits: AtomicU64,
+    /// Commands sent to the indexer that can buffer writes (apply, end of scan) and
+    /// that it has not finished yet.
+    pub queued: AtomicUsize,
 }
 
 impl Shared {
@@ -204,6 +220,8 @@ impl Shared {
         let state = Arc::new(MapState {
             text,
             docs: RwLock::default(),
+            documents: AtomicU64::new(0),
+            buffered: AtomicUsize::new(0),
             live: Arc::default(),
         });
         maps.insert(map.to_string(), state.clone());
@@ -244,11 +262,13 @@ impl SearchEngine {
             subscriber_buffer: config.subscriber_buffer.max(1),
             dropped_subscribers: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
         });
         let (commands, receiver) = sync_channel(COMMAND_QUEUE);
         let settings = indexer::Settings {
             commit_interval: config.commit_interval,
             max_pending_docs: config.max_pending_docs.max(1),
+            max_buffered_docs: config.max_buffered_docs.max(1),
         };
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -268,6 +288,18 @@ impl SearchEngine {
     }
 
     async fn send(&self, command: Command) -> Result<(), SearchError> {
+        let counted = command.may_buffer();
+        if counted {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        let sent = self.send_counted(command).await;
+        if counted && sent.is_err() {
+            self.shared.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    async fn send_counted(&self, command: Command) -> Result<(), SearchError> {
         match self.commands.try_send(command) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(_)) => Err(SearchError::Stopped),
@@ -304,16 +336,65 @@ impl SearchEngine {
         self.send(Command::EndScan { shard, generation }).await
     }
 
-    /// Commits everything queued so far; returns once it is searchable.
+    /// Commits everything queued so far, including the buffered writes of maps nobody
+    /// searched; returns once it is all in the indexes.
     pub async fn flush(&self) -> Result<(), SearchError> {
+        self.flush_scope(FlushScope::All).await
+    }
+
+    /// Commits what watched maps have pending; buffered writes stay buffered (they
+    /// already count as indexed: any read of their map indexes them first).
+    pub(crate) async fn commit_pending(&self) -> Result<(), SearchError> {
+        self.flush_scope(FlushScope::Pending).await
+    }
+
+    /// Before a one-shot read of `map`: indexes and commits its buffered writes, and
+    /// those of everything queued before, so the read sees them.
+    async fn flush_map(&self, map: &str) -> Result<(), SearchError> {
+        if !self.must_flush(map) {
+            return Ok(());
+        }
+        self.flush_map_now(map).await
+    }
+
+    /// [`Self::flush_map`] without the shortcut: always waits for the indexer to have
+    /// handled everything queued before.
+    async fn flush_map_now(&self, map: &str) -> Result<(), SearchError> {
+        match self.flush_scope(FlushScope::Map(map.to_string())).await {
+            // The indexer indexed every buffer when it stopped: reads go on as they are.
+            Err(SearchError::Stopped) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Whether a read of `map` must wait for the indexer: not when nothing is buffered
+    /// for it and nothing queued can buffer more (or it is watched, so its writes are
+    /// not buffered and a read does not wait for them, as before). Spares searches the
+    /// round trip through the indexer whenever it cannot change their result.
+    fn must_flush(&self, map: &str) -> bool {
+        // The queue first: once it reads empty, every buffer change made before is
+        // visible (the indexer counts a command done after its buffer changes).
+        let idle = self.shared.queued.load(Ordering::SeqCst) == 0;
+        match self.shared.get(map) {
+            None => !idle,
+            Some(state) => {
+                state.buffered.load(Ordering::SeqCst) > 0
+                    || (!idle && !state.live.lock().is_watched())
+            }
+        }
+    }
+
+    async fn flush_scope(&self, scope: FlushScope) -> Result<(), SearchError> {
         let (done, wait) = oneshot::channel();
-        self.send(Command::Flush(done)).await?;
+        self.send(Command::Flush { scope, done }).await?;
         wait.await.map_err(|_| SearchError::Stopped)
     }
 
     /// One-shot search (§2.3). A map without an index, an unparsable query or an
-    /// unknown field gives zero hits.
+    /// unknown field gives zero hits. Sees every update queued before it: the map's
+    /// buffered writes are indexed first.
     pub async fn search(&self, query: SearchQuery) -> Result<Vec<SearchHit>, SearchError> {
+        self.flush_map(&query.map).await?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let Some(state) = shared.get(&query.map) else {
@@ -333,14 +414,37 @@ impl SearchEngine {
     /// leave the result set.
     pub async fn subscribe(&self, query: SearchQuery) -> Result<LiveSearch, SearchError> {
         let shared = self.shared.clone();
+        let map = query.map.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            // Marked watched first: from here on the indexer indexes the map's writes
+            // as they come, and the flush below indexes what it buffered before.
+            Ok::<_, SearchError>(
+                shared
+                    .get_or_create(&map)?
+                    .map(|state| (Joining::start(&state.live), state)),
+            )
+        })
+        .await
+        .map_err(|e| SearchError::Task(e.to_string()))??;
+        let Some((joining, state)) = opened else {
+            return Ok(LiveSearch::finished(initial_event(Vec::new())));
+        };
+        // Always through the indexer: the map counts as watched already, but a write
+        // it was buffering while the mark was set must be in the snapshot.
+        self.flush_map_now(&query.map).await?;
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let Some(state) = shared.get_or_create(&query.map)? else {
-                return Ok(LiveSearch::finished(initial_event(Vec::new())));
-            };
             // Holding the registry lock keeps commits of this map out until the
             // subscription is registered: every later commit's changes reach it, and
             // none that the snapshot already reflects are missed.
             let mut registry = state.live.lock();
+            // Un-indexed meanwhile: its subscriptions were ended, so is this one.
+            if !shared
+                .get(&query.map)
+                .is_some_and(|current| Arc::ptr_eq(&current, &state))
+            {
+                return Ok(LiveSearch::finished(initial_event(Vec::new())));
+            }
             let parsed = state.text.parse(&query.query);
             let hits = match &parsed {
                 Some(parsed) => {
@@ -357,7 +461,7 @@ impl SearchEngine {
                 None => Vec::new(),
             };
             let cache: HashSet<String> = hits.iter().map(|hit| hit.key.clone()).collect();
-            Ok(live::register(
+            let live = live::register(
                 &state.live,
                 &mut registry,
                 NewSubscription {
@@ -368,7 +472,11 @@ impl SearchEngine {
                     initial: initial_event(hits),
                     buffer: shared.subscriber_buffer,
                 },
-            ))
+            );
+            // The subscription now keeps the map watched.
+            drop(registry);
+            drop(joining);
+            Ok(live)
         })
         .await
         .map_err(|e| SearchError::Task(e.to_string()))?
@@ -421,7 +529,10 @@ impl SearchEngine {
     pub fn stats(&self) -> EngineStats {
         let maps = self.shared.maps.read();
         EngineStats {
-            documents: maps.values().map(|m| m.text.num_docs()).sum(),
+            documents: maps
+                .values()
+                .map(|m| m.documents.load(Ordering::Relaxed))
+                .sum(),
             maps: maps.len(),
             subscriptions: maps.values().map(|m| m.live.lock().len()).sum(),
             dropped_subscribers: self.shared.dropped_subscribers.load(Ordering::Relaxed),
@@ -753,6 +864,329 @@ mod tests {
             .is_empty());
         engine.shutdown().await;
         assert!(matches!(engine.flush().await, Err(SearchError::Stopped)));
+    }
+
+    /// Documents in the map's tantivy index as of its last commit.
+    fn committed_docs(engine: &SearchEngine, map: &str) -> u64 {
+        engine
+            .shared
+            .get(map)
+            .map_or(0, |state| state.text.num_docs())
+    }
+
+    async fn keys_of(engine: &SearchEngine, map: &str, query: &str) -> Vec<String> {
+        let mut keys: Vec<String> = engine
+            .search(SearchQuery::new(map, query))
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|hit| hit.key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    #[tokio::test]
+    async fn writes_to_an_unwatched_map_wait_for_a_search_and_the_last_one_wins() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        engine
+            .apply(vec![
+                put("m", "k1", 1, Some("alpha first")),
+                put("m", "k2", 1, Some("alpha second")),
+            ])
+            .await
+            .expect("apply");
+        // The indexer has the writes (this barrier commits watched maps only) ...
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(engine.stats().documents, 2, "buffered writes count");
+        // ... but nothing went to tantivy.
+        assert_eq!(committed_docs(&engine, "m"), 0);
+        assert_eq!(engine.stats().commits, 0);
+        assert_eq!(keys_of(&engine, "m", "alpha").await, vec!["k1", "k2"]);
+        assert_eq!(
+            (committed_docs(&engine, "m"), engine.stats().commits),
+            (2, 1)
+        );
+        // Nothing buffered or queued: the next search need not wait for the indexer.
+        assert!(!engine.must_flush("m"));
+        assert!(!engine.must_flush("missing"));
+
+        engine
+            .apply(vec![
+                // Indexed key, deleted then written again: present, new text.
+                put("m", "k1", 2, None),
+                put("m", "k1", 3, Some("alpha again")),
+                // Indexed key, written then deleted: absent.
+                put("m", "k2", 2, Some("alpha changed")),
+                put("m", "k2", 3, None),
+                // Never indexed, written then deleted: absent.
+                put("m", "k3", 1, Some("alpha new")),
+                put("m", "k3", 2, None),
+                // Never indexed, deleted then written: present.
+                put("m", "k4", 1, None),
+                put("m", "k4", 2, Some("alpha fresh")),
+            ])
+            .await
+            .expect("apply");
+        engine.commit_pending().await.expect("barrier");
+        assert!(engine.must_flush("m"));
+        assert_eq!(
+            (committed_docs(&engine, "m"), engine.stats().commits),
+            (2, 1)
+        );
+        assert_eq!(engine.stats().documents, 2);
+        assert_eq!(keys_of(&engine, "m", "alpha").await, vec!["k1", "k4"]);
+        assert!(keys_of(&engine, "m", "first changed new").await.is_empty());
+        let hits = engine
+            .search(SearchQuery::new("m", "again"))
+            .await
+            .expect("search");
+        assert_eq!(
+            title_of(hits[0].value.as_deref().expect("value")),
+            "alpha again"
+        );
+        // One commit for the whole buffer; searching again commits nothing.
+        assert_eq!(
+            (committed_docs(&engine, "m"), engine.stats().commits),
+            (2, 2)
+        );
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_search_flushes_only_its_own_map() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        engine
+            .apply(vec![
+                put("a", "k", 1, Some("hello")),
+                put("b", "k", 1, Some("hello")),
+            ])
+            .await
+            .expect("apply");
+        assert_eq!(keys_of(&engine, "a", "hello").await, vec!["k"]);
+        assert_eq!(committed_docs(&engine, "a"), 1);
+        assert_eq!(committed_docs(&engine, "b"), 0);
+        // Shutting down indexes what is left; searches still answer afterwards.
+        engine.shutdown().await;
+        assert_eq!(committed_docs(&engine, "b"), 1);
+        assert_eq!(keys_of(&engine, "b", "hello").await, vec!["k"]);
+    }
+
+    #[tokio::test]
+    async fn subscribing_indexes_buffered_writes_into_the_initial_results() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        engine
+            .apply(vec![
+                put("p", "p1", 1, Some("wireless mouse")),
+                put("p", "p2", 1, Some("wireless keyboard")),
+                put("p", "p3", 1, Some("usb cable")),
+            ])
+            .await
+            .expect("apply");
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(committed_docs(&engine, "p"), 0);
+
+        let mut stream = engine
+            .subscribe(SearchQuery::new("p", "wireless"))
+            .await
+            .expect("subscribe");
+        let Some(Ok(SearchEvent {
+            kind: Some(search_event::Kind::Initial(initial)),
+        })) = stream.next().await
+        else {
+            panic!("initial results first");
+        };
+        let mut initial: Vec<&str> = initial.hits.iter().map(|h| h.key.as_str()).collect();
+        initial.sort_unstable();
+        assert_eq!(initial, vec!["p1", "p2"]);
+
+        // Watched now: writes are indexed as they come and reported live.
+        engine
+            .apply(vec![put("p", "p3", 2, Some("wireless cable"))])
+            .await
+            .expect("apply");
+        let enter = next_change(&mut stream).await;
+        assert_eq!(
+            (enter.key.as_str(), enter.change_type),
+            ("p3", ChangeType::Enter as i32)
+        );
+        assert_eq!(committed_docs(&engine, "p"), 3);
+
+        // Nobody watches any more: writes are buffered again.
+        drop(stream);
+        engine
+            .apply(vec![put("p", "p4", 1, Some("wireless hub"))])
+            .await
+            .expect("apply");
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(committed_docs(&engine, "p"), 3);
+        assert_eq!(
+            keys_of(&engine, "p", "wireless").await,
+            vec!["p1", "p2", "p3", "p4"]
+        );
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn too_many_buffered_writes_flush_the_largest_map() {
+        let config = EngineConfig {
+            max_buffered_docs: 10,
+            ..EngineConfig::default()
+        };
+        let engine = SearchEngine::start(config).expect("start");
+        let small = (0..3).map(|i| put("small", &format!("s{i}"), 1, Some("word")));
+        engine.apply(small.collect()).await.expect("apply");
+        let big = (0..8).map(|i| put("big", &format!("b{i}"), 1, Some("word")));
+        engine.apply(big.collect()).await.expect("apply");
+        engine.commit_pending().await.expect("barrier");
+        // 11 buffered > 10: the largest map went in, in one commit, the other waits.
+        assert_eq!(committed_docs(&engine, "big"), 8);
+        assert_eq!(committed_docs(&engine, "small"), 0);
+        assert_eq!(engine.stats().commits, 1);
+        // Rewriting buffered keys does not grow the buffers.
+        for round in 2..6 {
+            let again = (0..3).map(|i| put("small", &format!("s{i}"), round, Some("word")));
+            engine.apply(again.collect()).await.expect("apply");
+        }
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(engine.stats().commits, 1);
+        assert_eq!(keys_of(&engine, "small", "word").await.len(), 3);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_scan_sweep_reaches_buffered_and_indexed_keys() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        let scan = |generation: u64, keys: &[&str]| {
+            let updates = keys
+                .iter()
+                .map(|key| put("m", key, 1, Some("swept maybe")))
+                .collect();
+            let origin = Origin {
+                shard: 0,
+                generation,
+                committed: None,
+            };
+            (updates, Some(origin))
+        };
+        let (updates, origin) = scan(1, &["a", "b", "c"]);
+        engine.apply_from(updates, origin).await.expect("scan 1");
+        engine.end_scan(0, 1).await.expect("end scan 1");
+        assert_eq!(keys_of(&engine, "m", "swept").await, vec!["a", "b", "c"]);
+
+        // Scan 2 sees a and d: b and c (indexed) go, and so does e, written by the
+        // shard between the scans but only buffered.
+        engine
+            .apply_from(
+                vec![put("m", "e", 1, Some("swept maybe"))],
+                Some(Origin {
+                    shard: 0,
+                    generation: 1,
+                    committed: None,
+                }),
+            )
+            .await
+            .expect("tail");
+        let (updates, origin) = scan(2, &["a", "d"]);
+        engine.apply_from(updates, origin).await.expect("scan 2");
+        engine.end_scan(0, 2).await.expect("end scan 2");
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(committed_docs(&engine, "m"), 3, "the sweep is buffered too");
+        assert_eq!(engine.stats().documents, 2);
+        assert_eq!(keys_of(&engine, "m", "swept").await, vec!["a", "d"]);
+        assert_eq!(committed_docs(&engine, "m"), 2);
+
+        // A swept key written again replaces nothing twice.
+        let (updates, origin) = scan(2, &["c"]);
+        engine
+            .apply_from(updates, origin)
+            .await
+            .expect("write c again");
+        assert_eq!(keys_of(&engine, "m", "swept").await, vec!["a", "c", "d"]);
+        assert_eq!(committed_docs(&engine, "m"), 3);
+        engine.shutdown().await;
+    }
+
+    fn or_put(map: &str, key: &str, values: &[&str]) -> DocUpdate {
+        DocUpdate::Or {
+            map: map.into(),
+            key: key.into(),
+            values: values
+                .iter()
+                .map(|v| encode_value(&Value::from(*v)))
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_emptied_and_refilled_key_keeps_one_document() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        // An OR-Map key without entries is forgotten, unless its document still has
+        // to be deleted: refilling it must replace that document, not add a second.
+        for (round, watched) in [(1, false), (2, true)] {
+            let map = format!("m{round}");
+            let live = if watched {
+                Some(
+                    engine
+                        .subscribe(SearchQuery::new(&map, "hello"))
+                        .await
+                        .expect("subscribe"),
+                )
+            } else {
+                None
+            };
+            engine
+                .apply(vec![or_put(&map, "k", &["hello"])])
+                .await
+                .expect("apply");
+            engine.flush().await.expect("flush");
+            engine
+                .apply(vec![
+                    or_put(&map, "k", &[]),
+                    or_put(&map, "k", &["hello again"]),
+                ])
+                .await
+                .expect("apply");
+            engine.flush().await.expect("flush");
+            assert_eq!(keys_of(&engine, &map, "hello").await, vec!["k"], "{map}");
+            assert_eq!(committed_docs(&engine, &map), 1, "{map}");
+            engine
+                .apply(vec![or_put(&map, "k", &[])])
+                .await
+                .expect("apply");
+            // (A live map's writes wait for their batch even for a search.)
+            engine.flush().await.expect("flush");
+            assert!(keys_of(&engine, &map, "hello").await.is_empty(), "{map}");
+            assert_eq!(committed_docs(&engine, &map), 0, "{map}");
+            drop(live);
+        }
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn unindexing_a_map_drops_its_buffered_writes() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        engine
+            .apply(vec![put("x", "k1", 1, Some("hello"))])
+            .await
+            .expect("apply");
+        engine
+            .set_indexed_maps(IndexedMaps::parse("y"))
+            .await
+            .expect("exclude x");
+        assert!(keys_of(&engine, "x", "hello").await.is_empty());
+        engine
+            .set_indexed_maps(IndexedMaps::All)
+            .await
+            .expect("include x");
+        engine
+            .apply(vec![put("x", "k2", 1, Some("hello"))])
+            .await
+            .expect("apply");
+        // A fresh index: only what was written since (the ingestion rescans the rest).
+        assert_eq!(keys_of(&engine, "x", "hello").await, vec!["k2"]);
+        assert_eq!(engine.stats().documents, 1);
+        engine.shutdown().await;
     }
 
     #[tokio::test]

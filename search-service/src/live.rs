@@ -117,6 +117,8 @@ impl Subscription {
 pub(crate) struct LiveRegistry {
     next_id: u64,
     subs: Vec<Subscription>,
+    /// Subscriptions being set up (see [`Joining`]).
+    joining: usize,
 }
 
 impl LiveRegistry {
@@ -133,6 +135,38 @@ impl LiveRegistry {
     /// Number of subscriptions.
     pub fn len(&self) -> usize {
         self.subs.len()
+    }
+
+    /// True when the map has a subscription or one is being set up: the indexer then
+    /// indexes its writes as they come instead of buffering them.
+    pub fn is_watched(&self) -> bool {
+        !self.subs.is_empty() || self.joining > 0
+    }
+}
+
+/// Marks a map as watched while a subscription to it is being set up, from before the
+/// indexer is asked to flush the map's buffered writes until the subscription is
+/// registered: no write can slip into the buffer in between, where neither the initial
+/// results nor the live events would cover it. Dropping it ends the mark.
+pub(crate) struct Joining {
+    registry: Arc<Mutex<LiveRegistry>>,
+}
+
+impl Joining {
+    /// Marks the map of `registry` as watched.
+    pub fn start(registry: &Arc<Mutex<LiveRegistry>>) -> Self {
+        registry.lock().joining += 1;
+        Joining {
+            registry: registry.clone(),
+        }
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        let mut registry = self.registry.lock();
+        debug_assert!(registry.joining > 0, "unbalanced joining count");
+        registry.joining = registry.joining.saturating_sub(1);
     }
 }
 
@@ -334,6 +368,17 @@ mod tests {
         let status = stream.next().await.and_then(Result::err).expect("a status");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());
+    }
+
+    #[test]
+    fn a_joining_subscription_marks_the_map_watched() {
+        let handle = Arc::new(Mutex::new(LiveRegistry::default()));
+        assert!(!handle.lock().is_watched());
+        let joining = Joining::start(&handle);
+        assert!(handle.lock().is_watched());
+        assert!(handle.lock().is_empty(), "not a subscription yet");
+        drop(joining);
+        assert!(!handle.lock().is_watched());
     }
 
     #[tokio::test]

@@ -84,7 +84,7 @@ impl SearchMetrics {
     ) -> Result<(), topgun_ops::OpsError> {
         let documents = IntGauge::new(
             "topgun_search_documents_indexed",
-            "Documents in the indexes, over every map, as of the last commits",
+            "Documents with a value over every map, as searches see them (buffered writes included: a search indexes them first)",
         )?;
         let subscriptions =
             IntGauge::new("topgun_search_live_subscriptions", "Open live searches")?;

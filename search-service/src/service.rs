@@ -107,11 +107,9 @@ impl SearchService for SearchGrpc {
                 .collect(),
             None => Vec::new(),
         };
-        let engine = self.engine.clone();
-        // Summing document counts opens a searcher per map: keep it off the runtime.
-        let documents = tokio::task::spawn_blocking(move || engine.stats().documents)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+        // Per-map counters kept by the indexer: cheap, and they include buffered
+        // writes, which any search indexes before it runs.
+        let documents = self.engine.stats().documents;
         Ok(Response::new(IndexStatusResponse { documents, shards }))
     }
 

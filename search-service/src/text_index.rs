@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tantivy::collector::TopDocs;
@@ -23,6 +24,10 @@ pub const TEXT_FIELD: &str = "_all";
 /// accepts: documents are small, commits are frequent, and there is one writer per map.
 const WRITER_MEMORY_BYTES: usize = 15_000_000;
 
+/// How often a one-shot search may reload the reader to pick up the segments that
+/// background merges made since the last commit (see [`TextIndex::merged_searcher`]).
+const MERGE_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A tantivy index of one map.
 pub struct TextIndex {
     index: Index,
@@ -31,6 +36,8 @@ pub struct TextIndex {
     key: Field,
     text: Field,
     parser: QueryParser,
+    /// When the reader was last reloaded.
+    reloaded: Mutex<Instant>,
 }
 
 impl std::fmt::Debug for TextIndex {
@@ -100,6 +107,7 @@ impl TextIndex {
             key,
             text,
             parser,
+            reloaded: Mutex::new(Instant::now()),
         })
     }
 
@@ -114,6 +122,16 @@ impl TextIndex {
         Ok(())
     }
 
+    /// Adds a document for `key`, which must have none (visible after the next
+    /// [`Self::commit`]): an [`Self::upsert`] without the delete.
+    pub fn add(&self, key: &str, text: &str) -> tantivy::Result<()> {
+        let mut doc = TantivyDocument::default();
+        doc.add_text(self.key, key);
+        doc.add_text(self.text, text);
+        self.writer.lock().add_document(doc)?;
+        Ok(())
+    }
+
     /// Removes the document of `key` (visible after the next [`Self::commit`]).
     pub fn delete(&self, key: &str) {
         self.writer
@@ -124,12 +142,43 @@ impl TextIndex {
     /// Commits pending changes and makes them visible to new searchers. Blocking.
     pub fn commit(&self) -> tantivy::Result<()> {
         self.writer.lock().commit()?;
-        self.reader.reload()
+        self.reader.reload()?;
+        *self.reloaded.lock() = Instant::now();
+        Ok(())
     }
 
     /// A searcher over the last commit.
     pub fn searcher(&self) -> Searcher {
         self.reader.searcher()
+    }
+
+    /// A searcher over the last commit for a one-shot search, over merged segments when
+    /// tantivy merged some since. Merges run in the background after commits and a
+    /// reader sees them only once reloaded, so a map searched but rarely committed
+    /// (indexed lazily) would otherwise go on searching, and holding in memory, the
+    /// many small segments of its last bulk commit. A reload shows the last commit
+    /// (merges keep the documents), so it is safe at any time; it is tried at most
+    /// every [`MERGE_RELOAD_INTERVAL`], and only while there are segments to merge.
+    pub fn merged_searcher(&self) -> Searcher {
+        let searcher = self.reader.searcher();
+        if searcher.segment_readers().len() <= 1 {
+            return searcher;
+        }
+        let Some(mut reloaded) = self.reloaded.try_lock() else {
+            return searcher;
+        };
+        if reloaded.elapsed() < MERGE_RELOAD_INTERVAL {
+            return searcher;
+        }
+        *reloaded = Instant::now();
+        drop(reloaded);
+        match self.reader.reload() {
+            Ok(()) => self.reader.searcher(),
+            Err(error) => {
+                tracing::warn!(%error, "reader reload failed");
+                searcher
+            }
+        }
     }
 
     /// Documents in the last commit.
@@ -306,6 +355,16 @@ mod tests {
     }
 
     #[test]
+    fn add_inserts_without_replacing() {
+        let index = index_with(&[]);
+        index.add("a", "first").expect("add");
+        index.add("b", "second").expect("add");
+        index.commit().expect("commit");
+        assert_eq!(keys(&top(&index, "first second", 10)).len(), 2);
+        assert_eq!(index.num_docs(), 2);
+    }
+
+    #[test]
     fn scores_of_given_keys_equal_the_search_scores() {
         let index = TextIndex::in_ram().expect("ram index");
         // Several commits, so keys live in several segments, some with deleted docs.
@@ -335,6 +394,35 @@ mod tests {
             .score_keys(&searcher, none.as_ref(), wanted)
             .expect("score")
             .is_empty());
+    }
+
+    #[test]
+    fn a_merged_searcher_finds_what_the_last_commit_holds() {
+        let index = TextIndex::in_ram().expect("ram index");
+        // One segment per commit, so there are segments to merge.
+        for i in 0..12 {
+            index
+                .upsert(&format!("k{i}"), &format!("word number{i}"))
+                .expect("upsert");
+            index.commit().expect("commit");
+        }
+        let before = index.searcher();
+        let query = index.parse("word").expect("parses");
+        let expected = index.top(&before, query.as_ref(), 20).expect("search");
+        std::thread::sleep(MERGE_RELOAD_INTERVAL + Duration::from_millis(50));
+        let merged = index.merged_searcher();
+        assert_eq!(merged.num_docs(), 12);
+        let mut found = keys(&index.top(&merged, query.as_ref(), 20).expect("search"))
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        let mut wanted = keys(&expected)
+            .into_iter()
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        found.sort();
+        wanted.sort();
+        assert_eq!(found, wanted);
     }
 
     #[test]

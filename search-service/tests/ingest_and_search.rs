@@ -359,6 +359,82 @@ async fn search_finds_bootstrapped_and_tailed_records_in_score_order() {
     sync.stop().await;
 }
 
+/// Waits until the replica has every event of its shard and counts `documents`.
+async fn wait_indexed(client: &SearchServiceClient<Channel>, documents: u64) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = client
+            .clone()
+            .index_status(IndexStatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner());
+        if status.as_ref().is_some_and(|status| {
+            status.documents == documents
+                && status.shards.len() == 1
+                && status.shards[0].lag_events == 0
+        }) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {documents} documents and no lag: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_unsearched_maps_are_found_by_the_next_search_and_subscription() {
+    let sync = start_sync().await;
+    let search_service = start_search(sync.addr).await;
+    let client = SearchServiceClient::new(channel(search_service.addr).await);
+    let mut writer = Writer::new(sync.addr).await;
+    // Nobody searches these maps while they are written: the replica buffers the
+    // writes instead of indexing them, last write of a key winning.
+    // (Delete-then-write is covered by the engine's tests: here the shard would stamp
+    // the delete with its own clock, which the writer's next put may not beat.)
+    writer.put("quiet", "q1", "lazy fox").await;
+    writer.put("quiet", "q2", "lazy dog").await;
+    writer.remove("quiet", "q2").await;
+    writer.put("quiet", "q3", "lazy cat").await;
+    writer.put("quiet", "q1", "lazy red fox").await;
+    writer.put("watched", "w1", "wireless mouse").await;
+    // Caught up (buffered counts as indexed) ...
+    wait_indexed(&client, 3).await;
+    // ... so the very next search sees every write, without polling.
+    let response = search(&client, "quiet", "lazy").await.expect("search");
+    let mut found = keys(&response);
+    found.sort_unstable();
+    assert_eq!(found, vec!["q1", "q3"]);
+    let response = search(&client, "quiet", "red").await.expect("search");
+    assert_eq!(keys(&response), vec!["q1"]);
+    assert_eq!(title(&response.hits[0].value), "lazy red fox");
+
+    // A subscription's initial results include what was buffered; later writes are
+    // live events.
+    let mut live = client
+        .clone()
+        .subscribe_search(search_request("watched", "wireless"))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first = live.next().await.expect("an event").expect("ok");
+    let Some(search_event::Kind::Initial(initial)) = first.kind else {
+        panic!("the initial results come first");
+    };
+    assert_eq!(keys(&initial), vec!["w1"]);
+    writer.put("watched", "w2", "wireless keyboard").await;
+    let enter = next_change(&mut live).await;
+    assert_eq!(
+        (enter.key.as_str(), enter.change_type),
+        ("w2", ChangeType::Enter as i32)
+    );
+
+    search_service.stop().await;
+    sync.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_search_sees_enter_update_and_leave() {
     let sync = start_sync().await;

@@ -142,7 +142,9 @@ impl ShardIngest {
             records += self.scan_map(&stats.map_name, kind, generation).await?;
         }
         self.engine.end_scan(self.index, generation).await?;
-        self.engine.flush().await?;
+        // Watched maps commit the scan; other maps keep it buffered, which counts as
+        // indexed (their next read indexes it first).
+        self.engine.commit_pending().await?;
         self.generation = generation;
         self.progress
             .committed_seq
