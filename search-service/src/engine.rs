@@ -273,7 +273,10 @@ impl SearchEngine {
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("search-indexer".into())
-            .spawn(move || indexer::run(&thread_shared, &receiver, &settings))
+            .spawn(move || {
+                indexer::lower_priority();
+                indexer::run(&thread_shared, &receiver, &settings)
+            })
             .map_err(|source| SearchError::Io {
                 context: "cannot start the indexer thread".into(),
                 source,

@@ -178,6 +178,23 @@ fn is_watched(state: &MapState) -> bool {
     state.live.lock().is_watched()
 }
 
+/// Nice value of the indexer thread: indexing is background work, and request handling
+/// should win the CPU when both compete.
+const INDEXER_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`INDEXER_NICE`]. The tantivy
+/// worker threads it starts (at every commit) inherit it. Best effort: without the
+/// permission or off Linux the priority stays as it is.
+pub(crate) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), INDEXER_NICE) {
+            tracing::debug!(error = %e, "could not lower the indexer thread's priority");
+        }
+    }
+}
+
 /// The indexer thread's main loop; returns when told to stop or when every engine
 /// handle is gone.
 pub(crate) fn run(shared: &Shared, commands: &Receiver<Command>, settings: &Settings) {

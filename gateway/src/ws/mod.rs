@@ -46,6 +46,7 @@ pub async fn upgrade(
         .to_string();
     ws.max_message_size(limits.max_message_size)
         .max_frame_size(limits.max_message_size)
+        .read_buffer_size(limits.ws_read_buffer_size)
         .write_buffer_size(limits.ws_write_buffer_size)
         .max_write_buffer_size(limits.ws_max_write_buffer_size)
         .on_upgrade(move |socket| run(gw, socket, host))
