@@ -6,6 +6,10 @@
 #   bench/run.sh                      # every scenario against target/release/test-server
 #   SCENARIOS="write-ack fan-out" bench/run.sh
 #   BENCH_SERVER=topgun bench/run.sh  # the durable single-process binary (SQLite in a temp dir)
+#   BENCH_SERVER=distributed SEARCH_REPLICAS=2 bench/run.sh
+#                                     # the distributed suite as separate processes: storage-service
+#                                     # (null store, or PostgreSQL with DATABASE_URL), SYNC_SHARDS [2]
+#                                     # sync shards, SEARCH_REPLICAS [1] search replicas, one gateway
 #   BENCH_URL=ws://host:8080/ws BENCH_PIDS=123 bench/run.sh   # an already running server
 #   BENCH_PROFILE=debug BENCH_RESULTS=/tmp/r bench/run.sh      # try the script itself quickly
 #   BENCH_SKIP_BUILD=1 bench/run.sh   # use the binaries already in target/
@@ -44,12 +48,15 @@ mkdir -p "$RESULTS"
 work="$(mktemp -d)"
 server_pid=""
 stop_server() {
-  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid"
-    # The server drains gracefully; give it a moment, then make sure it is gone.
-    for _ in $(seq 1 50); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$server_pid" 2>/dev/null || true
-  fi
+  local pid
+  for pid in $server_pid; do
+    kill "$pid" 2>/dev/null || true
+  done
+  # Every process drains gracefully; give them a moment, then make sure they are gone.
+  for pid in $server_pid; do
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
   server_pid=""
 }
 cleanup() {
@@ -59,7 +66,13 @@ cleanup() {
 trap cleanup EXIT
 
 bins=(--bin topgun-bench)
-[ -z "${BENCH_URL:-}" ] && bins+=(--bin "$BENCH_SERVER")
+if [ -z "${BENCH_URL:-}" ]; then
+  if [ "$BENCH_SERVER" = distributed ]; then
+    bins+=(--bin storage-service --bin sync-service --bin search-service --bin gateway)
+  else
+    bins+=(--bin "$BENCH_SERVER")
+  fi
+fi
 if [ -n "${BENCH_SKIP_BUILD:-}" ]; then
   echo "BENCH_SKIP_BUILD set: using the $BENCH_PROFILE binaries as they are"
 else
@@ -74,11 +87,63 @@ if [ -n "${BENCH_URL:-}" ]; then
   url="$BENCH_URL"
   pids="${BENCH_PIDS:-}"
   server_desc="external server at $url"
+elif [ "$BENCH_SERVER" = distributed ]; then
+  SYNC_SHARDS="${SYNC_SHARDS:-2}"
+  SEARCH_REPLICAS="${SEARCH_REPLICAS:-1}"
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+  bin="target/$BENCH_PROFILE"
+  token="$(python3 -c 'import uuid; print(uuid.uuid4().hex)')"
+  spawn() {  # name, then env assignments
+    local name="$1"; shift
+    env "$@" TOPGUN_INTERNAL_TOKEN="$token" RUST_LOG="${RUST_LOG:-warn}" "$bin/$name" \
+      >>"$work/$name.out" 2>>"$work/$name.err" &
+    server_pid="$server_pid $!"
+  }
+  storage_port="$(free_port)"
+  if [ -n "${DATABASE_URL:-}" ]; then
+    store=(STORAGE_BACKEND=postgres "DATABASE_URL=$DATABASE_URL" "STORAGE_TABLE=bench_$token")
+  else
+    store=(STORAGE_BACKEND=null)
+  fi
+  spawn storage-service "STORAGE_GRPC_ADDR=127.0.0.1:$storage_port" "STORAGE_HTTP_ADDR=127.0.0.1:$(free_port)" "${store[@]}"
+  sync_addrs=()
+  for i in $(seq 0 $((SYNC_SHARDS - 1))); do
+    p="$(free_port)"
+    sync_addrs+=("http://127.0.0.1:$p")
+    spawn sync-service "SYNC_GRPC_ADDR=127.0.0.1:$p" "SYNC_HTTP_ADDR=127.0.0.1:$(free_port)" \
+      "SHARD_INDEX=$i" "SHARD_COUNT=$SYNC_SHARDS" "NODE_ID=sync-$i" "STORAGE_ADDR=http://127.0.0.1:$storage_port"
+  done
+  sync_list="$(IFS=,; echo "${sync_addrs[*]}")"
+  search_addrs=()
+  for i in $(seq 0 $((SEARCH_REPLICAS - 1))); do
+    p="$(free_port)"
+    search_addrs+=("http://127.0.0.1:$p")
+    spawn search-service "SEARCH_GRPC_ADDR=127.0.0.1:$p" "SEARCH_HTTP_ADDR=127.0.0.1:$(free_port)" \
+      "SYNC_ADDRS=$sync_list" "NODE_ID=search-$i"
+  done
+  port="$(free_port)"
+  spawn gateway "PORT=$port" TOPGUN_BIND_ADDR=127.0.0.1 NODE_ID=gateway-0 "SYNC_ADDRS=$sync_list" \
+    "SEARCH_ADDRS=$(IFS=,; echo "${search_addrs[*]}")" JWT_SECRET=test-e2e-secret
+  ready=""
+  for _ in $(seq 1 300); do
+    if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/health/ready', timeout=1)" 2>/dev/null; then
+      ready=1; break
+    fi
+    sleep 0.2
+  done
+  if [ -z "$ready" ]; then
+    echo "error: the distributed suite did not become ready; logs:" >&2
+    tail -n 5 "$work"/*.err >&2
+    exit 2
+  fi
+  url="ws://127.0.0.1:$port/ws"
+  pids="$(echo $server_pid | tr ' ' ',')"
+  server_desc="distributed suite ($SYNC_SHARDS sync shards, $SEARCH_REPLICAS search replicas, ${store[0]#STORAGE_BACKEND=} store), $BENCH_PROFILE build"
 else
   case "$BENCH_SERVER" in
     test-server) env_args=() ;;
     topgun) env_args=(JWT_SECRET=test-e2e-secret "TOPGUN_DATA_DIR=$work/data") ;;
-    *) echo "error: BENCH_SERVER must be test-server or topgun" >&2; exit 2 ;;
+    *) echo "error: BENCH_SERVER must be test-server, topgun or distributed" >&2; exit 2 ;;
   esac
   env "${env_args[@]}" RUST_LOG="${RUST_LOG:-warn}" "target/$BENCH_PROFILE/$BENCH_SERVER" --port 0 \
     >"$work/server.out" 2>"$work/server.err" &
