@@ -57,7 +57,10 @@ fn compose_cli_accepts_the_file() {
             Err(e) => tried.push(format!("{program}: {e}")),
         }
     }
-    panic!("no Compose CLI accepted compose.yaml:\n{}", tried.join("\n"));
+    panic!(
+        "no Compose CLI accepted compose.yaml:\n{}",
+        tried.join("\n")
+    );
 }
 
 #[test]
