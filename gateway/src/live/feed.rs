@@ -4,7 +4,6 @@
 
 use crate::services::sync_cluster::Shard;
 use crate::state::Gateway;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -24,12 +23,15 @@ pub fn spawn_consumers(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
 
 async fn supervise(gw: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     let mut changes = gw.sync.changes();
-    let mut followed: HashSet<String> = HashSet::new();
+    // By identity, not address: a shard that left and came back is a new object whose
+    // consumers must start even if both changes arrive before this loop wakes.
+    let mut followed: Vec<Arc<Shard>> = Vec::new();
     loop {
         let shards = gw.sync.shards();
-        followed.retain(|addr| shards.iter().any(|s| &s.addr == addr));
+        followed.retain(|f| shards.iter().any(|s| Arc::ptr_eq(s, f)));
         for shard in shards {
-            if followed.insert(shard.addr.clone()) {
+            if !followed.iter().any(|f| Arc::ptr_eq(f, &shard)) {
+                followed.push(shard.clone());
                 tokio::spawn(consume_changes(gw.clone(), shard.clone(), shard.retired()));
                 tokio::spawn(consume_topics(gw.clone(), shard.clone(), shard.retired()));
             }
