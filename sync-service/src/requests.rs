@@ -492,6 +492,8 @@ pub struct SetPartitions {
     pub partitions: PartitionSet,
     /// Ownership version; only one above the shard's current version applies.
     pub version: u64,
+    /// Reload the kept partitions from storage after the settle delay too.
+    pub reload_kept: bool,
 }
 
 impl TryFrom<pb::SetPartitionsRequest> for SetPartitions {
@@ -506,6 +508,7 @@ impl TryFrom<pb::SetPartitionsRequest> for SetPartitions {
         Ok(SetPartitions {
             partitions: PartitionSet::from_list(req.partitions),
             version: req.version,
+            reload_kept: req.reload_kept,
         })
     }
 }
@@ -650,12 +653,15 @@ mod tests {
         let ok = SetPartitions::try_from(pb::SetPartitionsRequest {
             partitions: vec![270, 3, 3],
             version: 2,
+            reload_kept: true,
         })
         .expect("valid");
         assert_eq!(ok.partitions.as_slice(), &[3, 270]);
+        assert!(ok.reload_kept);
         let err = SetPartitions::try_from(pb::SetPartitionsRequest {
             partitions: vec![1, 271],
             version: 2,
+            reload_kept: false,
         })
         .expect_err("271 is out of range");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -217,12 +217,16 @@ impl SyncService for SyncGrpc {
         let (_permit, budget) = self.admit(&request)?;
         let req = SetPartitions::try_from(request.into_inner())?;
         let span = tracing::info_span!("set_partitions", version = req.version);
+        let reload_kept = req.reload_kept;
         let outcome = within(
             budget,
             self.shard.set_partitions(req.partitions, req.version),
         )
         .instrument(span)
         .await?;
+        if reload_kept && outcome.applied {
+            self.shard.reload_owned_after_settle();
+        }
         Ok(Response::new(outcome.into()))
     }
 }

@@ -675,6 +675,15 @@ impl Shard {
     /// Loads `partitions` once more after [`SETTLE_DELAY`], merging rows of those still
     /// owned by then. Merges never lose newer data, so this only adds writes the
     /// previous owner acknowledged while it still believed it owned them.
+    /// Loads every owned partition from storage once more after [`SETTLE_DELAY`],
+    /// merging: after a healed split, writes another owner acknowledged meanwhile exist
+    /// only in storage.
+    pub fn reload_owned_after_settle(self: &Arc<Self>) {
+        if self.persistence.is_some() {
+            self.schedule_settle_load(self.ownership().partitions.as_slice().to_vec());
+        }
+    }
+
     fn schedule_settle_load(self: &Arc<Self>, partitions: Vec<u32>) {
         let shard = Arc::clone(self);
         tokio::spawn(async move {

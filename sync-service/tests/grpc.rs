@@ -873,6 +873,7 @@ async fn set_partitions(
     let req = pb::SetPartitionsRequest {
         partitions: partitions.into_iter().collect(),
         version,
+        reload_kept: false,
     };
     client.set_partitions(req).await.map(|r| r.into_inner())
 }
@@ -1000,6 +1001,72 @@ async fn gained_partitions_are_loaded_from_storage_and_lost_ones_dropped() {
         .expect("info")
         .into_inner();
     assert_eq!((info.partitions, info.ownership_version), (vec![270], 2));
+
+    a.stop().await;
+    b.stop().await;
+    storage.stop().await;
+}
+
+#[tokio::test]
+async fn reload_kept_picks_up_what_another_owner_wrote_during_a_split() {
+    // A and B both own every partition (two sides of a split) and write through one store.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = start_storage(dir.path(), None, None).await;
+    let a = start_sync(config(Some(&storage))).await;
+    let b = start_sync(SyncConfig {
+        node_id: Some("sync-b".into()),
+        ..config(Some(&storage))
+    })
+    .await;
+    a.wait_serving().await;
+    b.wait_serving().await;
+    let (mut a_client, mut b_client) = (a.client().await, b.client().await);
+    let written_on_b = put(
+        "user-9",
+        person("Eve", "blue", 40),
+        ts(1_800_000_000_000, 0, "node-b"),
+    );
+    b_client
+        .apply_batch(batch(vec![written_on_b]))
+        .await
+        .expect("b writes");
+    assert_eq!(
+        get_user(&mut a_client, "user-9").await.expect("owned"),
+        None
+    );
+
+    // The split heals; A keeps every partition. A plain ownership change reloads nothing
+    // it kept...
+    set_partitions(&mut a_client, 0..271, 1)
+        .await
+        .expect("same set");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        get_user(&mut a_client, "user-9").await.expect("owned"),
+        None
+    );
+
+    // ...with reload_kept, the settle load brings B's write in.
+    let req = pb::SetPartitionsRequest {
+        partitions: (0..271).collect(),
+        version: 2,
+        reload_kept: true,
+    };
+    let outcome = a_client
+        .set_partitions(req)
+        .await
+        .expect("merge")
+        .into_inner();
+    assert!(outcome.applied);
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = get_user(&mut a_client, "user-9").await.expect("owned");
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(person("Eve", "blue", 40)));
 
     a.stop().await;
     b.stop().await;

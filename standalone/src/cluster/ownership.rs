@@ -93,6 +93,7 @@ pub async fn apply_views(
 ) {
     let started = tokio::time::Instant::now();
     let mut applied = 0u64;
+    let mut applied_members: Vec<String> = Vec::new();
     loop {
         let agreed = views.borrow_and_update().clone();
         let solo_wait = (agreed.live.len() == 1)
@@ -108,8 +109,16 @@ pub async fn apply_views(
             views.mark_changed();
             continue;
         }
-        if agreed.version > applied && apply(&appliers, &agreed, &mut views).await {
+        // A node this one did not count before may have owned partitions this one
+        // keeps (a healed split, or a peer that started alone): reload them too.
+        let joined = !applied_members.is_empty()
+            && agreed
+                .live
+                .iter()
+                .any(|m| !applied_members.contains(&m.node_id));
+        if agreed.version > applied && apply(&appliers, &agreed, joined, &mut views).await {
             applied = agreed.version;
+            applied_members = agreed.live.iter().map(|m| m.node_id.clone()).collect();
         }
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
@@ -119,13 +128,19 @@ pub async fn apply_views(
 }
 
 /// Returns false when a newer view arrived before the shard accepted this one.
-async fn apply(appliers: &Appliers, agreed: &Agreed, views: &mut watch::Receiver<Agreed>) -> bool {
+async fn apply(
+    appliers: &Appliers,
+    agreed: &Agreed,
+    reload_kept: bool,
+    views: &mut watch::Receiver<Agreed>,
+) -> bool {
     let view = cluster_view(agreed, appliers.tls);
     let mine = partitions_of(&agreed.live, &view.owners, &appliers.node_id);
     loop {
         let mut request = tonic::Request::new(SetPartitionsRequest {
             partitions: mine.clone(),
             version: agreed.version,
+            reload_kept,
         });
         request.set_timeout(Duration::from_secs(30));
         match appliers.sync.clone().set_partitions(request).await {
