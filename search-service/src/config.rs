@@ -67,6 +67,11 @@ pub struct SearchConfig {
     /// once, writes under load wait at most this long to become searchable.
     #[arg(long, env = "SEARCH_COMMIT_INTERVAL_MS", default_value_t = DEFAULT_COMMIT_INTERVAL_MS)]
     pub commit_interval_ms: u64,
+
+    /// Changed keys of maps without a live search that may wait, over all maps, before
+    /// they are indexed without waiting for a search or a pause in writes.
+    #[arg(long, env = "SEARCH_MAX_PENDING_KEYS", default_value_t = DEFAULT_MAX_BUFFERED_DOCS)]
+    pub max_pending_keys: usize,
 }
 
 impl Default for SearchConfig {
@@ -81,6 +86,7 @@ impl Default for SearchConfig {
             maps: String::new(),
             internal_token: None,
             commit_interval_ms: DEFAULT_COMMIT_INTERVAL_MS,
+            max_pending_keys: DEFAULT_MAX_BUFFERED_DOCS,
         }
     }
 }
@@ -104,7 +110,7 @@ impl SearchConfig {
             indexed_maps: IndexedMaps::parse(&self.maps),
             commit_interval: Duration::from_millis(self.commit_interval_ms.max(1)),
             max_pending_docs: DEFAULT_MAX_PENDING_DOCS,
-            max_buffered_docs: DEFAULT_MAX_BUFFERED_DOCS,
+            max_buffered_docs: self.max_pending_keys.max(1),
             subscriber_buffer: DEFAULT_SUBSCRIBER_BUFFER,
         }
     }

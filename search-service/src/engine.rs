@@ -30,8 +30,13 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(50);
 /// does not build one huge uncommitted segment.
 pub const DEFAULT_MAX_PENDING_DOCS: usize = 20_000;
 /// Buffered keys of maps nobody watches, over all maps, past which the largest buffers
-/// are indexed without waiting for a search, so memory stays bounded.
-pub const DEFAULT_MAX_BUFFERED_DOCS: usize = 100_000;
+/// are indexed without waiting for a search or a pause, so memory stays bounded. A
+/// pending key costs its name in memory and ≈5 µs when it is finally indexed, so this
+/// also bounds the first search after a long write burst (≈5 s at the default).
+pub const DEFAULT_MAX_BUFFERED_DOCS: usize = 1_000_000;
+/// Buffered keys are indexed once no change has arrived for this long: the work moves
+/// to the pauses between write bursts instead of the first search after them.
+pub const IDLE_INDEXING_DELAY: Duration = Duration::from_secs(1);
 /// Events queued per live-search subscriber before it counts as too slow and is dropped.
 pub const DEFAULT_SUBSCRIBER_BUFFER: usize = 1024;
 /// Commands queued to the indexer thread; a full queue makes ingestion wait.
@@ -1054,6 +1059,19 @@ mod tests {
         engine.commit_pending().await.expect("barrier");
         assert_eq!(engine.stats().commits, 1);
         assert_eq!(keys_of(&engine, "small", "word").await.len(), 3);
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn buffered_writes_are_indexed_once_the_change_stream_pauses() {
+        let engine = SearchEngine::start(EngineConfig::default()).expect("start");
+        let writes = (0..5).map(|i| put("quiet", &format!("q{i}"), 1, Some("word")));
+        engine.apply(writes.collect()).await.expect("apply");
+        engine.commit_pending().await.expect("barrier");
+        assert_eq!(committed_docs(&engine, "quiet"), 0, "still buffered");
+        tokio::time::sleep(IDLE_INDEXING_DELAY + Duration::from_millis(500)).await;
+        assert_eq!(committed_docs(&engine, "quiet"), 5, "indexed in the pause");
+        assert_eq!(engine.stats().commits, 1);
         engine.shutdown().await;
     }
 

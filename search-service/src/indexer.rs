@@ -9,9 +9,10 @@
 //! and committed every `commit_interval`. Writes to any other map only update the
 //! values held for results and leave their key in a per-map buffer; the buffer goes
 //! into tantivy in one bulk commit when the map is read (a one-shot search, a new live
-//! search), when the buffers grow past `max_buffered_docs`, and on a full flush or
-//! stop. A write nobody reads thus costs no tantivy work, and a busy map becomes one
-//! segment per read instead of one per 50 ms.
+//! search), when the change stream pauses for `IDLE_INDEXING_DELAY`, when the buffers
+//! grow past `max_buffered_docs`, and on a full flush or stop. A write burst nobody
+//! reads thus costs no tantivy work while it lasts, and a busy map becomes one segment
+//! per read or pause instead of one per 50 ms.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -213,6 +214,18 @@ pub(crate) fn run(shared: &Shared, commands: &Receiver<Command>, settings: &Sett
     };
     loop {
         let command = match indexer.pending.since {
+            // Buffered keys are indexed in the first pause of the change stream.
+            None if indexer.buffers.keys > 0 => {
+                match commands.recv_timeout(crate::engine::IDLE_INDEXING_DELAY) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => {
+                        indexer.unbuffer_all();
+                        indexer.commit();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => None,
+                }
+            }
             None => commands.recv().ok(),
             Some(since) => {
                 let due = since.max(indexer.last_commit + settings.commit_interval);
