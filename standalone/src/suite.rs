@@ -42,14 +42,18 @@ pub struct SuiteOptions {
     pub cluster: ClusterOptions,
 }
 
-async fn loopback() -> Result<(TcpListener, SocketAddr), SuiteError> {
-    let listener = TcpListener::bind("127.0.0.1:0")
+async fn bind(addr: (&str, u16)) -> Result<(TcpListener, SocketAddr), SuiteError> {
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|e| SuiteError::Start(e.to_string()))?;
-    let addr = listener
+        .map_err(|e| SuiteError::Start(format!("binding {}:{}: {e}", addr.0, addr.1)))?;
+    let local = listener
         .local_addr()
         .map_err(|e| SuiteError::Start(e.to_string()))?;
-    Ok((listener, addr))
+    Ok((listener, local))
+}
+
+async fn loopback() -> Result<(TcpListener, SocketAddr), SuiteError> {
+    bind(("127.0.0.1", 0)).await
 }
 
 async fn until(mut stop: watch::Receiver<bool>) {
@@ -96,26 +100,12 @@ pub async fn run(
         Some((task, storage_addr))
     };
 
-    let (sync_listener, sync_addr) =
-        if let Some(port) = options.cluster.cluster_port.filter(|_| clustered) {
-            let listener = TcpListener::bind(("0.0.0.0", port))
-                .await
-                .map_err(|e| SuiteError::Start(format!("cluster port {port}: {e}")))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| SuiteError::Start(e.to_string()))?;
-            (listener, addr)
-        } else if clustered {
-            let listener = TcpListener::bind("0.0.0.0:0")
-                .await
-                .map_err(|e| SuiteError::Start(e.to_string()))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| SuiteError::Start(e.to_string()))?;
-            (listener, addr)
-        } else {
-            loopback().await?
-        };
+    // Clustered, the shard is the node's cluster endpoint on every interface.
+    let (sync_listener, sync_addr) = if clustered {
+        bind(("0.0.0.0", options.cluster.cluster_port.unwrap_or(0))).await?
+    } else {
+        loopback().await?
+    };
     let me = Member {
         node_id: options.gateway.node_id.clone(),
         cluster_addr: format!("{}:{}", options.cluster.host, sync_addr.port()),
