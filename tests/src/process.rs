@@ -25,8 +25,46 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound then released; good enough on a test machine).
+/// A port for a child process to listen on, free when picked.
+///
+/// The port is released before the child binds it, so it is picked below the kernel's
+/// ephemeral range: ports in that range are handed out to every outgoing connection
+/// (gRPC clients, PostgreSQL pools, WebSockets of parallel tests) and one of those can
+/// take a just-released port before the child binds it. Ports below the range are only
+/// ever taken by an explicit bind, and a process-wide cursor keeps parallel tests of one
+/// binary from picking the same one.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CURSOR: AtomicU32 = AtomicU32::new(0);
+    let Some((low, high)) = reserved_port_range() else {
+        return kernel_picked_port();
+    };
+    let span = u32::from(high - low);
+    // Different test binaries start at different places, so a port a previous binary's
+    // child still holds while exiting is not the first one tried.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let step = CURSOR.fetch_add(1, Ordering::Relaxed);
+        let candidate = low + ((start + step) % span) as u16;
+        let free_everywhere = std::net::TcpListener::bind(("0.0.0.0", candidate)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", candidate)).is_ok();
+        if free_everywhere {
+            return candidate;
+        }
+    }
+    kernel_picked_port()
+}
+
+/// Ports between 10000 and the start of the ephemeral range, when that leaves room.
+fn reserved_port_range() -> Option<(u16, u16)> {
+    const LOW: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_low > LOW + 1_000).then_some((LOW, ephemeral_low))
+}
+
+/// A port the kernel picks (bound then released): the fallback off Linux.
+fn kernel_picked_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
