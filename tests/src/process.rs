@@ -135,6 +135,16 @@ impl Service {
             .expect("running process")
     }
 
+    /// The exit status, if the process has exited on its own (not after a kill here).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The binary's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// SIGKILL and reap.
     pub async fn kill_9(&mut self) {
         if let Some(mut child) = self.child.take() {

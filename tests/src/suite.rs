@@ -239,7 +239,7 @@ impl Suite {
                 ],
             ));
         }
-        let suite = Suite {
+        let mut suite = Suite {
             gateway_ports,
             storage: Some(storage),
             shards,
@@ -253,10 +253,47 @@ impl Suite {
             token,
             _tls: Some(tls),
         };
-        for i in 0..suite.gateway_ports.len() {
-            suite.wait_ready(i, Duration::from_secs(60)).await;
-        }
+        suite.wait_started(Duration::from_secs(60)).await;
         suite
+    }
+
+    /// Waits until every gateway is ready; fails at once, naming it, if any process of
+    /// the suite exits meanwhile (its stderr is in the test output).
+    async fn wait_started(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for i in 0..self.gateway_ports.len() {
+            let url = format!("{}/health/ready", self.http_url_of(i));
+            loop {
+                if let Some((name, status)) = self.exited_process() {
+                    panic!("{name} exited during start-up ({status})");
+                }
+                let ready = match reqwest::get(&url).await {
+                    Ok(resp) => resp.status() == 200,
+                    Err(_) => false,
+                };
+                if ready {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway {i} not ready within {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// The first process of the suite that has exited, with its status.
+    fn exited_process(&mut self) -> Option<(String, std::process::ExitStatus)> {
+        self.storage
+            .iter_mut()
+            .chain(self.shards.iter_mut())
+            .chain(self.search.iter_mut())
+            .chain(self.gateways.iter_mut())
+            .find_map(|service| {
+                let status = service.exit_status()?;
+                Some((service.name().to_string(), status))
+            })
     }
 
     /// Waits until gateway `i` answers 200 on `/health/ready`.
