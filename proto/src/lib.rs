@@ -6,11 +6,15 @@
 //! * [`merkle_hash`] — the client's exact Merkle entry hashes (LWW and OR-Map).
 //! * [`predicate`] — the query evaluator shared by sync shards and gateways.
 //! * [`grpc`] / [`convert`] — the internal gRPC APIs and their conversions.
+//! * [`in_process`] — internal gRPC calls without a socket when caller and service share a
+//!   process.
 
 pub mod convert;
+pub mod deadline;
 pub mod grpc;
 pub mod hash;
 pub mod hlc;
+pub mod in_process;
 pub mod internal_auth;
 pub mod internal_tls;
 pub mod numbers;

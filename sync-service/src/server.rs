@@ -11,6 +11,7 @@ use crate::service::SyncGrpc;
 use crate::shard::Shard;
 use crate::shutdown::stopped;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -136,6 +137,15 @@ async fn serve_inner(
     );
 
     let local_addr = listener.local_addr()?;
+    // Callers in this process (the single-process binaries' gateway and search replica)
+    // reach the shard without a socket while it runs.
+    let _in_process = topgun_proto::in_process::serve(
+        &in_process_addrs(local_addr),
+        extra
+            .clone()
+            .add_service(health_service.clone())
+            .add_service(sync.clone()),
+    );
     tracing::info!(
         %local_addr,
         node_id = %cfg.node_id,
@@ -202,6 +212,29 @@ async fn serve_inner(
     }
     tracing::info!("sync shard stopped");
     served
+}
+
+/// The URLs in-process callers may know this listener by.
+fn in_process_addrs(local: SocketAddr) -> Vec<String> {
+    let port = local.port();
+    let mut hosts = vec![local.ip().to_string()];
+    if local.ip().is_unspecified() || local.ip().is_loopback() {
+        hosts.extend(["127.0.0.1".to_string(), "localhost".to_string()]);
+    }
+    hosts
+        .iter()
+        .flat_map(|host| {
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            [
+                format!("http://{host}:{port}"),
+                format!("https://{host}:{port}"),
+            ]
+        })
+        .collect()
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

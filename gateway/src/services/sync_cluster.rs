@@ -11,14 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use topgun_proto::grpc::sync::sync_service_client::SyncServiceClient;
 use topgun_proto::grpc::sync::{ShardInfoRequest, ShardInfoResponse};
+use topgun_proto::in_process::InternalChannel;
 use topgun_proto::internal_auth::TokenAttach;
 use topgun_proto::partition::{partition_of, shard_of_partition, PARTITION_COUNT};
 
-/// A sync-service client that carries the internal token.
-pub type SyncClient = SyncServiceClient<InterceptedService<Channel, TokenAttach>>;
+/// A sync-service client that carries the internal token (in-process when this process
+/// runs the shard itself).
+pub type SyncClient = SyncServiceClient<InterceptedService<InternalChannel, TokenAttach>>;
 
 /// One sync shard.
 #[derive(Debug)]
@@ -42,7 +44,8 @@ impl Shard {
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_while_idle(true);
         let endpoint = topgun_proto::internal_tls::client_endpoint(endpoint)?;
-        let client = SyncServiceClient::with_interceptor(endpoint.connect_lazy(), token.clone())
+        let channel = InternalChannel::new(addr, endpoint.connect_lazy());
+        let client = SyncServiceClient::with_interceptor(channel, token.clone())
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
         Ok(Arc::new(Shard {

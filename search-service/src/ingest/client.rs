@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use topgun_proto::grpc::sync::sync_service_client::SyncServiceClient;
+use topgun_proto::in_process::InternalChannel;
 use topgun_proto::internal_auth::TokenAttach;
 
 use crate::error::SearchError;
@@ -29,10 +30,11 @@ impl Interceptor for AttachToken {
 }
 
 /// A client of one sync shard.
-pub(crate) type SyncClient = SyncServiceClient<InterceptedService<Channel, AttachToken>>;
+pub(crate) type SyncClient = SyncServiceClient<InterceptedService<InternalChannel, AttachToken>>;
 
 /// A client for the shard at `addr` (a `http://host:port` URL). The channel connects on
-/// first use and reconnects by itself, so a shard that is down is not an error here.
+/// first use and reconnects by itself, so a shard that is down is not an error here; a
+/// shard this process runs is called in-process.
 pub(crate) fn connect(addr: &str, token: Option<&str>) -> Result<SyncClient, SearchError> {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| SearchError::Config {
@@ -56,10 +58,11 @@ pub(crate) fn connect(addr: &str, token: Option<&str>) -> Result<SyncClient, Sea
         setting: "TOPGUN_INTERNAL_TOKEN",
         reason,
     })?;
-    Ok(
-        SyncServiceClient::with_interceptor(endpoint.connect_lazy(), AttachToken(attach))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+    Ok(SyncServiceClient::with_interceptor(
+        InternalChannel::new(addr, endpoint.connect_lazy()),
+        AttachToken(attach),
     )
+    .max_decoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// A request carrying the [`CALL_TIMEOUT`] deadline, so the shard stops working on it
