@@ -17,7 +17,8 @@
 # Sizes can be changed through the environment (defaults in brackets): BENCH_DURATION [10 s],
 # WRITE_CONNECTIONS [200], WRITE_INTERVAL_MS [50], FLOOD_CONNECTIONS [20],
 # FANOUT_SUBSCRIBERS [50], SYNC_RECORDS ["10000 100000"], SEARCH_CONNECTIONS [10],
-# SEARCH_RECORDS [1000].
+# SEARCH_RECORDS [1000], BENCH_WARMUP [3 s of paced write-ack on a map of its own before the
+# first scenario, not recorded; 0 measures the freshly started process cold].
 #
 # Exit status: 0 when every scenario passed, 1 when any reported failures (write-flood is
 # exempt: overloading the server is its purpose, and what happened is in its table),
@@ -28,6 +29,7 @@ cd "$(dirname "$0")/.."
 SCENARIOS="${SCENARIOS:-write-ack write-ack-persisted fan-out initial-sync search write-flood}"
 BENCH_SERVER="${BENCH_SERVER:-test-server}"
 BENCH_DURATION="${BENCH_DURATION:-10}"
+BENCH_WARMUP="${BENCH_WARMUP:-3}"
 WRITE_CONNECTIONS="${WRITE_CONNECTIONS:-200}"
 WRITE_INTERVAL_MS="${WRITE_INTERVAL_MS:-50}"
 FLOOD_CONNECTIONS="${FLOOD_CONNECTIONS:-20}"
@@ -177,11 +179,20 @@ echo "server: $server_desc"
   echo '```'
   echo
   echo "Load generator and server share this machine, so client CPU is part of every number."
+  echo "Warm-up before the first scenario: ${BENCH_WARMUP} s of paced write-ack (not recorded)."
   echo
 } >>"$RESULTS/README.md"
 
 common=(--url "$url" --duration "$BENCH_DURATION" --markdown "$RESULTS/README.md")
 [ -n "$pids" ] && common+=(--pids "$pids")
+
+if [ "$BENCH_WARMUP" -gt 0 ]; then
+  echo "=== warm-up (${BENCH_WARMUP} s, not recorded)"
+  warmup=(--url "$url" --duration "$BENCH_WARMUP")
+  [ -n "$pids" ] && warmup+=(--pids "$pids")
+  "$BENCH" write-ack --connections "$WRITE_CONNECTIONS" --interval-ms "$WRITE_INTERVAL_MS" \
+    --map bench-warmup "${warmup[@]}" >/dev/null || echo "warm-up reported failures (ignored)" >&2
+fi
 
 failed=()
 run() {
