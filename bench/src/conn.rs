@@ -135,6 +135,18 @@ impl ConnWriter {
         Ok(true)
     }
 
+    /// Writes out frames still queued — [`Self::send_before`] leaves its frame queued when
+    /// the deadline cuts the flush short; false if that takes longer than `limit`.
+    pub async fn flush_within(&mut self, limit: Duration) -> Result<bool, BenchError> {
+        match tokio::time::timeout(limit, self.sink.flush()).await {
+            Ok(r) => {
+                r?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Sends a close frame; errors are irrelevant because the run is over, and a server that
     /// stopped reading gets two seconds before the connection is simply dropped.
     pub async fn close(&mut self) {

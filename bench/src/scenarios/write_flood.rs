@@ -200,6 +200,10 @@ impl Flood {
                 tokio::task::yield_now().await;
             }
         }
+        // The last frame may still sit in the sink (its flush was cut at the deadline); it
+        // counts as sent, so it must leave now, not when the connection closes after the drain.
+        // Failing that, it stays unanswered and is reported as such.
+        let _ = writer.flush_within(drain).await;
         let _ = done_tx.send(Some(Instant::now()));
         let read_totals = read.await.unwrap_or_else(|e| {
             let mut t = WriteTotals::default();
