@@ -4,11 +4,14 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs `tracing` output on stderr (stdout stays free for anything a supervisor
-/// parses), filtered by `RUST_LOG` (default `info`).
+/// parses), filtered by `RUST_LOG` (default `info`); colours only on a terminal, so log
+/// files and collectors get plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

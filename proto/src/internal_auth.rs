@@ -1,5 +1,6 @@
 //! The optional shared token every internal gRPC call carries, so only suite members
-//! can call the services (ARCHITECTURE.md "Conventions").
+//! can call the services (ARCHITECTURE.md "Conventions"); the client side also attaches
+//! the current trace.
 
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
@@ -62,15 +63,10 @@ impl TokenAttach {
         Ok(TokenAttach { value })
     }
 
-    /// A tonic interceptor that adds the token.
+    /// A tonic interceptor that adds the token and the current trace.
     pub fn interceptor(&self) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-        let value = self.value.clone();
-        move |mut req: Request<()>| {
-            if let Some(v) = &value {
-                req.metadata_mut().insert(TOKEN_METADATA_KEY, v.clone());
-            }
-            Ok(req)
-        }
+        let mut attach = self.clone();
+        move |req: Request<()>| tonic::service::Interceptor::call(&mut attach, req)
     }
 }
 
@@ -79,6 +75,8 @@ impl tonic::service::Interceptor for TokenAttach {
         if let Some(v) = &self.value {
             req.metadata_mut().insert(TOKEN_METADATA_KEY, v.clone());
         }
+        // Every internal call goes through here, so this is where the trace crosses hops.
+        crate::trace_context::TraceContext::inject(req.metadata_mut());
         Ok(req)
     }
 }
@@ -106,5 +104,34 @@ mod tests {
         assert!(check(req).is_ok());
         let mut open = TokenCheck::new(None).interceptor();
         assert!(open(Request::new(())).is_ok());
+    }
+
+    #[tokio::test]
+    async fn outgoing_calls_carry_the_token_and_the_current_trace() {
+        use crate::trace_context::{TraceContext, TRACEPARENT};
+        let mut attach = TokenAttach::new(Some("s3cret"))
+            .expect("ascii token")
+            .interceptor();
+        let outside = attach(Request::new(())).expect("attached");
+        assert_eq!(
+            outside
+                .metadata()
+                .get(TOKEN_METADATA_KEY)
+                .map(|v| v.to_str().ok()),
+            Some(Some("s3cret"))
+        );
+        assert!(outside.metadata().get(TRACEPARENT).is_none());
+
+        let trace = TraceContext::new_root();
+        let inside = trace
+            .scope(async { attach(Request::new(())).expect("attached") })
+            .await;
+        let carried = inside
+            .metadata()
+            .get(TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .expect("traceparent attached");
+        assert_eq!(carried.trace_id, trace.trace_id);
     }
 }

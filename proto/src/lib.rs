@@ -6,6 +6,7 @@
 //! * [`merkle_hash`] — the client's exact Merkle entry hashes (LWW and OR-Map).
 //! * [`predicate`] — the query evaluator shared by sync shards and gateways.
 //! * [`grpc`] / [`convert`] — the internal gRPC APIs and their conversions.
+//! * [`trace_context`] — the W3C trace id carried across gRPC hops.
 //! * [`in_process`] — internal gRPC calls without a socket when caller and service share a
 //!   process.
 
@@ -20,4 +21,5 @@ pub mod internal_tls;
 pub mod numbers;
 pub mod partition;
 pub mod predicate;
+pub mod trace_context;
 pub mod wire;

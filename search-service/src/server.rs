@@ -169,7 +169,7 @@ async fn run(
             reason,
         })?
         .timeout(CALL_TIMEOUT)
-        .trace_fn(|req| tracing::info_span!("grpc", path = %req.uri().path()))
+        .layer(topgun_proto::trace_context::TraceLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(search)

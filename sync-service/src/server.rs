@@ -172,6 +172,7 @@ async fn serve_inner(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
+        .layer(topgun_proto::trace_context::TraceLayer)
         .add_routes(extra)
         .add_service(health_service)
         .add_service(reflection)

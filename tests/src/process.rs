@@ -79,11 +79,23 @@ pub struct Service {
     bin: PathBuf,
     args: Vec<String>,
     env: HashMap<String, String>,
+    /// Where stderr goes (appended across restarts); the test's own output when `None`.
+    stderr_file: Option<PathBuf>,
 }
 
 impl Service {
     /// Starts `name` with `args` and extra `env` (RUST_LOG defaults to `warn`).
     pub fn spawn(name: &str, args: &[&str], env: &[(&str, String)]) -> Service {
+        Self::spawn_logged(name, args, env, None)
+    }
+
+    /// Like [`Service::spawn`], with stderr appended to `stderr_file` when given.
+    pub fn spawn_logged(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        stderr_file: Option<PathBuf>,
+    ) -> Service {
         let mut service = Service {
             child: None,
             name: name.to_string(),
@@ -93,6 +105,7 @@ impl Service {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
+            stderr_file,
         };
         service.start();
         service
@@ -108,9 +121,21 @@ impl Service {
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(self.stderr())
             .kill_on_drop(true);
         cmd
+    }
+
+    fn stderr(&self) -> Stdio {
+        let Some(path) = &self.stderr_file else {
+            return Stdio::inherit();
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(Stdio::from)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
     }
 
     fn start(&mut self) {

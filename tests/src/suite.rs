@@ -33,6 +33,9 @@ pub struct Layout {
     pub storage: Storage,
     /// Internal gRPC over (mutual) TLS with a throw-away certificate.
     pub internal_tls: bool,
+    /// Capture every service's log: stderr to `<dir>/<binary>-<n>.log`, with this
+    /// `RUST_LOG` filter. `None`: logs go to the test output at the usual level.
+    pub logs: Option<(std::path::PathBuf, String)>,
 }
 
 impl Default for Layout {
@@ -43,6 +46,7 @@ impl Default for Layout {
             gateways: 1,
             storage: Storage::Null,
             internal_tls: false,
+            logs: None,
         }
     }
 }
@@ -164,7 +168,7 @@ impl Suite {
                 storage_env.push(("STORAGE_TABLE", table.clone()));
             }
         }
-        let storage = Service::spawn("storage-service", &[], &storage_env);
+        let storage = spawn(&layout, "storage-service", 0, storage_env);
 
         let mut shards = Vec::new();
         let mut shard_addrs = Vec::new();
@@ -174,10 +178,11 @@ impl Suite {
             let http_port = free_port();
             shard_addrs.push(format!("{scheme}://127.0.0.1:{port}"));
             shard_http.push(format!("http://127.0.0.1:{http_port}"));
-            shards.push(Service::spawn(
+            shards.push(spawn(
+                &layout,
                 "sync-service",
-                &[],
-                &[
+                index,
+                vec![
                     ("SYNC_GRPC_ADDR", format!("127.0.0.1:{port}")),
                     ("SYNC_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
                     ("SHARD_INDEX", index.to_string()),
@@ -200,10 +205,11 @@ impl Suite {
             let http_port = free_port();
             search_addrs.push(format!("{scheme}://127.0.0.1:{port}"));
             search_http.push(format!("http://127.0.0.1:{http_port}"));
-            search.push(Service::spawn(
+            search.push(spawn(
+                &layout,
                 "search-service",
-                &[],
-                &[
+                index,
+                vec![
                     ("SEARCH_GRPC_ADDR", format!("127.0.0.1:{port}")),
                     ("SEARCH_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
                     ("SYNC_ADDRS", shard_addrs.join(",")),
@@ -221,10 +227,11 @@ impl Suite {
         for index in 0..layout.gateways {
             let port = free_port();
             gateway_ports.push(port);
-            gateways.push(Service::spawn(
+            gateways.push(spawn(
+                &layout,
                 "gateway",
-                &[],
-                &[
+                index,
+                vec![
                     ("PORT", port.to_string()),
                     ("TOPGUN_BIND_ADDR", "127.0.0.1".into()),
                     ("NODE_ID", format!("gateway-{index}")),
@@ -331,6 +338,15 @@ impl Suite {
     pub fn http_url_of(&self, i: usize) -> String {
         format!("http://127.0.0.1:{}", self.gateway_ports[i])
     }
+}
+
+/// Starts service binary `name` (the `index`th of its kind) of `layout`.
+fn spawn(layout: &Layout, name: &str, index: usize, mut env: Vec<(&str, String)>) -> Service {
+    let stderr = layout.logs.as_ref().map(|(dir, filter)| {
+        env.push(("RUST_LOG", filter.clone()));
+        dir.join(format!("{name}-{index}.log"))
+    });
+    Service::spawn_logged(name, &[], &env, stderr)
 }
 
 /// Runs an async test body against both topologies: `topologies!(name, ...)` defines

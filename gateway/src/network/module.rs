@@ -403,6 +403,8 @@ pub fn router(gw: Arc<Gateway>, admin_dir: Option<PathBuf>) -> Router {
             gw.network.request_timeout,
         ))
         .layer(cors_layer(&gw.network))
+        // Each HTTP request continues the caller's `traceparent` or starts a trace.
+        .layer(topgun_proto::trace_context::TraceLayer)
         .with_state(gw);
     let dashboard = Router::new()
         .route("/admin", get(dashboard::index))

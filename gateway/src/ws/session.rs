@@ -12,10 +12,12 @@ use tokio::task::JoinHandle;
 use topgun_proto::grpc::sync::PublishTopicRequest;
 use topgun_proto::hlc::wall_clock_ms;
 use topgun_proto::partition::partition_of;
+use topgun_proto::trace_context::TraceContext;
 use topgun_proto::wire::{
     self, batch, AuthAck, AuthFail, ClientOp, DecodeError, Message, OpAckPayload,
     OpRejectedPayload, Pong, WriteConcern,
 };
+use tracing::Instrument;
 
 /// Whether the reader keeps going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,12 +121,19 @@ impl Session {
                 return Flow::Continue;
             }
         };
-        self.gw
-            .metrics
-            .messages_in
-            .with_label_values(&[message.type_name()])
-            .inc();
-        self.dispatch(message).await
+        let kind = message.type_name();
+        self.gw.metrics.messages_in.with_label_values(&[kind]).inc();
+        // One trace per client message; every internal call made for it carries the id.
+        // The span is debug-level: thousands of messages a second should not pay for it
+        // unless asked (`RUST_LOG=info,topgun_gateway::ws=debug`).
+        let trace = TraceContext::new_root();
+        let span = tracing::debug_span!(
+            "message",
+            conn = self.conn.id,
+            kind,
+            trace_id = %trace.trace_id_hex(),
+        );
+        trace.scope(self.dispatch(message)).instrument(span).await
     }
 
     async fn dispatch(&mut self, message: Message) -> Flow {

@@ -14,4 +14,5 @@ mod service_ops;
 mod tls;
 mod topics_rbac_http;
 mod topology;
+mod tracing;
 mod writes_and_events;

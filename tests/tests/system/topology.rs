@@ -15,6 +15,7 @@ fn layout(storage: Storage) -> Layout {
         gateways: 2,
         storage,
         internal_tls: false,
+        logs: None,
     }
 }
 
@@ -134,6 +135,7 @@ async fn restarting_storage_and_postgres_needs_no_other_restart() {
             table: "topgun_maps".into(),
         },
         internal_tls: false,
+        logs: None,
     })
     .await;
     let map = map_name("restart");
@@ -186,6 +188,7 @@ async fn partition_ownership_is_disjoint_and_complete_across_shards() {
             table: table.clone(),
         },
         internal_tls: false,
+        logs: None,
     })
     .await;
     let status: serde_json::Value = reqwest::Client::new()
@@ -224,6 +227,7 @@ async fn a_policy_created_on_one_gateway_applies_on_every_gateway_and_survives_r
         shards: 2,
         storage: Storage::Null,
         internal_tls: false,
+        logs: None,
     })
     .await;
     let map = map_name("guarded");
@@ -316,6 +320,7 @@ async fn sigkill_of_a_shard_under_write_load_fails_only_its_partitions_and_loses
             table: table.clone(),
         },
         internal_tls: false,
+        logs: None,
     })
     .await;
     let map = map_name("load");
@@ -418,6 +423,7 @@ async fn internal_grpc_runs_over_mutual_tls_and_refuses_plaintext() {
         shards: 2,
         storage: Storage::Null,
         internal_tls: true,
+        logs: None,
     })
     .await;
     assert!(suite.shard_addrs.iter().all(|a| a.starts_with("https://")));
