@@ -11,10 +11,13 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tonic::body::Body;
 use tonic::codegen::http::{Request, Response};
 use tonic::codegen::{BoxFuture, Service};
@@ -24,8 +27,9 @@ use tonic::Status;
 /// A gRPC router served in this process (cloned per call).
 type LocalService = tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-/// What one address currently leads to in this process.
-type Slot = Arc<RwLock<Option<LocalService>>>;
+/// What one address currently leads to in this process, with the registration that put
+/// it there (so a stale registration cannot clear a newer one).
+type Slot = Arc<RwLock<Option<(u64, LocalService)>>>;
 
 /// The addresses this process serves, each with its (possibly empty) slot. Slots are
 /// never removed, so clients created before a server starts or after it stops see it.
@@ -56,14 +60,16 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+    let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     let service = LocalService::new(router);
     let slots: Vec<Slot> = addrs.iter().map(|addr| slot(addr)).collect();
     for slot in &slots {
         *slot
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(service.clone());
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((generation, service.clone()));
     }
-    Registration { slots }
+    Registration { slots, generation }
 }
 
 /// Keeps a server reachable in-process; dropping it sends later calls over the network.
@@ -71,14 +77,19 @@ where
 #[derive(Debug)]
 pub struct Registration {
     slots: Vec<Slot>,
+    generation: u64,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         for slot in &self.slots {
-            *slot
+            let mut current = slot
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A server started since on the same address keeps its route.
+            if current.as_ref().is_some_and(|(g, _)| *g == self.generation) {
+                *current = None;
+            }
         }
     }
 }
@@ -117,7 +128,8 @@ impl InternalChannel {
         self.local
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .as_ref()
+            .map(|(_, service)| service.clone())
     }
 }
 
@@ -138,11 +150,13 @@ impl Service<Request<Body>> for InternalChannel {
             Some(local) => {
                 // The network client enforces `grpc-timeout` on the response; so do we.
                 let deadline = grpc_timeout(&request);
-                let call = local.oneshot(request);
+                // The handler runs in the caller's task: a panic in it must end this call
+                // (as a reset stream would over HTTP/2), not the caller.
+                let call = AssertUnwindSafe(local.oneshot(request)).catch_unwind();
                 Box::pin(async move {
-                    let response = match deadline {
+                    let outcome = match deadline {
                         Some(limit) => match tokio::time::timeout(limit, call).await {
-                            Ok(response) => response,
+                            Ok(outcome) => outcome,
                             Err(_) => {
                                 return Ok(Status::deadline_exceeded(
                                     "in-process call exceeded its deadline",
@@ -152,7 +166,10 @@ impl Service<Request<Body>> for InternalChannel {
                         },
                         None => call.await,
                     };
-                    response.map_err(|never| match never {})
+                    match outcome {
+                        Ok(response) => response.map_err(|never| match never {}),
+                        Err(_) => Ok(Status::internal("in-process call panicked").into_http()),
+                    }
                 })
             }
             None => {
@@ -202,6 +219,80 @@ mod tests {
         let status = Status::from_header_map(response.headers()).expect("grpc-status");
         assert_eq!(status.message(), "served in process");
         drop(registration);
+        assert!(!channel.is_in_process());
+    }
+
+    fn status_of(response: &Response<Body>) -> Status {
+        Status::from_header_map(response.headers()).expect("grpc-status")
+    }
+
+    fn dead_network_side(addr: &str) -> InternalChannel {
+        let remote = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        InternalChannel::new(addr, remote)
+    }
+
+    #[tokio::test]
+    async fn a_slow_in_process_handler_ends_at_the_callers_deadline() {
+        let addr = "http://127.0.0.1:1/in-process-deadline";
+        let channel = dead_network_side(addr);
+        let _served = serve(
+            &[addr.to_string()],
+            tower::service_fn(|_request: Request<Body>| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                Ok::<_, Infallible>(Status::ok("too late").into_http())
+            }),
+        );
+        let mut request = Request::new(Body::empty());
+        request
+            .headers_mut()
+            .insert("grpc-timeout", "50m".parse().expect("header value"));
+        let started = std::time::Instant::now();
+        let response = channel.clone().call(request).await.expect("answered");
+        assert_eq!(status_of(&response).code(), tonic::Code::DeadlineExceeded);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_in_process_handler_fails_the_call_not_the_caller() {
+        let addr = "http://127.0.0.1:1/in-process-panic";
+        let channel = dead_network_side(addr);
+        let _served = serve(
+            &[addr.to_string()],
+            tower::service_fn(|_request: Request<Body>| async {
+                if true {
+                    panic!("handler bug");
+                }
+                Ok::<_, Infallible>(Status::ok("unreachable").into_http())
+            }),
+        );
+        let response = channel
+            .clone()
+            .call(Request::new(Body::empty()))
+            .await
+            .expect("answered");
+        assert_eq!(status_of(&response).code(), tonic::Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn an_old_registration_dropped_late_leaves_a_newer_server_in_place() {
+        let addr = "http://127.0.0.1:1/in-process-restart";
+        let channel = dead_network_side(addr);
+        let answer = |text: &'static str| {
+            tower::service_fn(move |_request: Request<Body>| async move {
+                Ok::<_, Infallible>(Status::not_found(text).into_http())
+            })
+        };
+        let old = serve(&[addr.to_string()], answer("old"));
+        let new = serve(&[addr.to_string()], answer("new"));
+        drop(old);
+        assert!(channel.is_in_process());
+        let response = channel
+            .clone()
+            .call(Request::new(Body::empty()))
+            .await
+            .expect("answered");
+        assert_eq!(status_of(&response).message(), "new");
+        drop(new);
         assert!(!channel.is_in_process());
     }
 }

@@ -126,6 +126,9 @@ pub async fn run(
         start_unowned: clustered,
         storage_addr: storage.as_ref().map(|(_, addr)| format!("http://{addr}")),
         null_storage,
+        // Clustered, the gateway and search replica know their own shard by the node's
+        // advertised cluster address: keep those calls in-process too.
+        in_process_aliases: vec![own_sync_addr.clone()],
         internal_token: token_opt.clone(),
         max_concurrent_operations: options.gateway.max_concurrent_operations as usize,
         default_operation_timeout_ms: options.gateway.default_operation_timeout_ms,

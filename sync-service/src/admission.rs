@@ -14,16 +14,26 @@ use topgun_proto::deadline::parse_grpc_timeout;
 #[derive(Debug, Clone)]
 pub struct Admission {
     permits: Arc<Semaphore>,
+    capacity: u32,
     max_timeout: Duration,
 }
 
 impl Admission {
     /// Allows `max_in_flight` concurrent RPCs, each for at most `max_timeout`.
     pub fn new(max_in_flight: usize, max_timeout: Duration) -> Self {
+        let capacity = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         Admission {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits: Arc::new(Semaphore::new(capacity as usize)),
+            capacity,
             max_timeout,
         }
+    }
+
+    /// Completes once no admitted RPC is running (for the drain: calls made in-process
+    /// hold no connection the server could wait for).
+    pub async fn drained(&self) {
+        // Taking every slot proves none is held; they go back at once.
+        let _all = self.permits.acquire_many(self.capacity).await;
     }
 
     /// A slot for one RPC, or RESOURCE_EXHAUSTED when all are taken.

@@ -55,6 +55,12 @@ pub struct SyncConfig {
     #[arg(skip)]
     pub null_storage: bool,
 
+    /// More URLs callers in this process know the shard by (the peer-cluster node's
+    /// advertised cluster address), besides its listener's own; calls to any of them
+    /// stay in-process (set programmatically).
+    #[arg(skip)]
+    pub in_process_aliases: Vec<String>,
+
     /// Storage service endpoint, e.g. `http://127.0.0.1:50053` (`STORAGE_ADDR`); unset
     /// = memory only (writes reach APPLIED, never PERSISTED).
     #[arg(long, env = "STORAGE_ADDR")]
@@ -100,6 +106,7 @@ impl Default for SyncConfig {
             partitions: None,
             start_unowned: false,
             null_storage: false,
+            in_process_aliases: Vec::new(),
             storage_addr: None,
             internal_token: None,
             gc_interval_ms: 60_000,
@@ -134,6 +141,8 @@ pub struct ValidatedConfig {
     pub tombstone_ttl_ms: u64,
     /// Writes without storage count as persisted (see [`SyncConfig::null_storage`]).
     pub null_storage: bool,
+    /// See [`SyncConfig::in_process_aliases`].
+    pub in_process_aliases: Vec<String>,
     /// In-flight RPC limit.
     pub max_concurrent_operations: usize,
     /// Cap on every RPC's deadline.
@@ -216,6 +225,7 @@ impl SyncConfig {
             gc_interval: Duration::from_millis(self.gc_interval_ms),
             tombstone_ttl_ms: self.tombstone_ttl_ms,
             null_storage: self.null_storage && self.storage_addr.is_none(),
+            in_process_aliases: self.in_process_aliases.clone(),
             max_concurrent_operations: self.max_concurrent_operations,
             operation_timeout: Duration::from_millis(self.default_operation_timeout_ms),
             change_feed_buffer: self.change_feed_buffer,

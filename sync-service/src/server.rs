@@ -24,6 +24,7 @@ use topgun_ops::{HealthState, OpsServer};
 use topgun_proto::grpc::sync::sync_service_server::SyncServiceServer;
 use topgun_proto::grpc::FILE_DESCRIPTOR_SET;
 use topgun_proto::internal_auth::TokenCheck;
+use topgun_proto::trace_context::TraceLayer;
 
 /// How often rows waiting for storage are retried.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
@@ -125,6 +126,7 @@ async fn serve_inner(
         .map_err(|e| SyncError::Internal(format!("reflection service: {e}")))?;
 
     let admission = Admission::new(cfg.max_concurrent_operations, cfg.operation_timeout);
+    let in_flight = admission.clone();
     let sync = SyncServiceServer::new(
         SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone())
             .with_metrics(Arc::clone(&metrics)),
@@ -138,14 +140,18 @@ async fn serve_inner(
 
     let local_addr = listener.local_addr()?;
     // Callers in this process (the single-process binaries' gateway and search replica)
-    // reach the shard without a socket while it runs.
-    let _in_process = topgun_proto::in_process::serve(
-        &in_process_addrs(local_addr),
-        extra
-            .clone()
-            .add_service(health_service.clone())
-            .add_service(sync.clone()),
-    );
+    // reach the shard without a socket until the drain starts.
+    let mut aliases = in_process_addrs(local_addr);
+    aliases.extend(cfg.in_process_aliases.iter().cloned());
+    let mut in_process = Some(topgun_proto::in_process::serve(
+        &aliases,
+        TraceLayer::around(
+            extra
+                .clone()
+                .add_service(health_service.clone())
+                .add_service(sync.clone()),
+        ),
+    ));
     tracing::info!(
         %local_addr,
         node_id = %cfg.node_id,
@@ -172,7 +178,7 @@ async fn serve_inner(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
-        .layer(topgun_proto::trace_context::TraceLayer)
+        .layer(TraceLayer)
         .add_routes(extra)
         .add_service(health_service)
         .add_service(reflection)
@@ -189,6 +195,7 @@ async fn serve_inner(
         result = &mut server => result.map_err(SyncError::from),
         () = shutdown => {
             tracing::info!("shutdown requested, draining");
+            in_process.take();
             ops_health.set_draining();
             set_health(&health, ServingStatus::NotServing).await;
             stop_tx.send_replace(true);
@@ -201,7 +208,15 @@ async fn serve_inner(
             }
         }
     };
+    in_process.take();
     stop_tx.send_replace(true);
+    // In-process calls hold no connection the server waited for: wait for those admitted.
+    if tokio::time::timeout(cfg.operation_timeout, in_flight.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-process calls did not finish in time; stopping anyway");
+    }
     if let Err(err) = background.await {
         tracing::error!(error = %err, "background task failed");
     }
