@@ -1,4 +1,4 @@
-//! The trace carried across gRPC hops (ARCHITECTURE.md "Conventions"), as a W3C
+//! The trace carried across gRPC hops (README, "Tracing a request across services"), as a W3C
 //! `traceparent` header: the gateway starts a trace per client request, every internal
 //! call made while handling it carries the trace id, and each service's request span
 //! records it, so one request's log lines can be found in every service.
@@ -7,10 +7,9 @@
 //! request's handling, [`TraceContext::inject`] (called by the internal token interceptor
 //! on every outgoing call) reads it, and [`TraceLayer`] sets it on the server side.
 
+use std::cell::Cell;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use tonic::codegen::http::{HeaderMap, Request};
@@ -110,13 +109,20 @@ impl TraceContext {
     }
 }
 
-/// A random non-zero u64: SipHash with per-process random keys over a counter.
+/// A random non-zero u64 from a per-thread SplitMix64 sequence (seeded from the std
+/// library's random hash keys): cheap, and no counter shared between cores.
 fn random_nonzero() -> u64 {
-    static KEYS: OnceLock<RandomState> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();
-    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    hasher.finish().max(1)
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().build_hasher().finish());
+    }
+    STATE.with(|state| {
+        let next = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(next);
+        let mut z = next;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)).max(1)
+    })
 }
 
 /// Server-side tower layer (gRPC servers, the gateway's HTTP routes): each request runs
@@ -126,6 +132,13 @@ fn random_nonzero() -> u64 {
 /// which also logs `handled` with the time taken.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceLayer;
+
+impl TraceLayer {
+    /// `inner` with tracing, for callers that do not build a tower stack.
+    pub fn around<S>(inner: S) -> Traced<S> {
+        Traced { inner }
+    }
+}
 
 impl<S> tower::Layer<S> for TraceLayer {
     type Service = Traced<S>;
