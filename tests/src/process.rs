@@ -42,7 +42,7 @@ pub fn free_port() -> u16 {
     let span = u32::from(high - low);
     // Different test binaries start at different places, so a port a previous binary's
     // child still holds while exiting is not the first one tried.
-    let start = std::process::id() % span;
+    let start = std::process::id().wrapping_mul(2_654_435_761) % span;
     for _ in 0..span {
         let step = CURSOR.fetch_add(1, Ordering::Relaxed);
         let candidate = low + ((start + step) % span) as u16;

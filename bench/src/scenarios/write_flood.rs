@@ -203,8 +203,10 @@ impl Flood {
         // The last frame may still sit in the sink (its flush was cut at the deadline); it
         // counts as sent, so it must leave now, not when the connection closes after the drain.
         // Failing that, it stays unanswered and is reported as such.
+        // The drain counts from the end of the flood, flush included.
+        let flood_end = Instant::now();
         let _ = writer.flush_within(drain).await;
-        let _ = done_tx.send(Some(Instant::now()));
+        let _ = done_tx.send(Some(flood_end));
         let read_totals = read.await.unwrap_or_else(|e| {
             let mut t = WriteTotals::default();
             t.failures.add(&Failure::new(
