@@ -15,6 +15,7 @@ use topgun_bench::conn::{Auth, Conn, ConnectOptions};
 use topgun_bench::encode::{self, map};
 use topgun_bench::failures::FailureKind;
 use topgun_bench::in_flight::{InFlight, SentBatch};
+use topgun_bench::report::Report;
 use topgun_bench::scenarios::{self, settle, Ctx};
 use topgun_bench::write_concern::WriteConcern;
 use topgun_bench::{token, BenchError};
@@ -301,10 +302,25 @@ async fn refused_writes_fail_the_scenario_and_are_listed() {
     );
 }
 
+/// Runs write-flood against a fresh test-server; checks that something was sent and every
+/// op was acknowledged, and returns the report.
+async fn flood_answered_in_full(tag: &str, flood_for: Duration, args: WriteFloodArgs) -> Report {
+    let server = TestServer::start();
+    let ctx = ctx(&server, flood_for, tag);
+    let report = scenarios::run(&ctx, &ScenarioArgs::WriteFlood(args), &[])
+        .await
+        .expect("runs");
+    let sent = report.metric_value("ops sent").expect("sent");
+    let acked = report.metric_value("ops acked").expect("acked");
+    assert!(sent > 0.0);
+    assert_eq!(acked, sent, "{}", report.to_markdown());
+    assert!(report.passed, "{}", report.to_markdown());
+    report
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_flood_accounts_for_every_batch() {
-    let server = TestServer::start();
-    let ctx = ctx(&server, Duration::from_millis(500), "flood");
+    // Bounded in flight and a long drain: the server answers everything.
     let args = WriteFloodArgs {
         connections: 2,
         batch_size: 5,
@@ -314,15 +330,7 @@ async fn write_flood_accounts_for_every_batch() {
         value_bytes: 8,
         map: None,
     };
-    let report = scenarios::run(&ctx, &ScenarioArgs::WriteFlood(args), &[])
-        .await
-        .expect("runs");
-    let sent = report.metric_value("ops sent").expect("sent");
-    let acked = report.metric_value("ops acked").expect("acked");
-    assert!(sent > 0.0);
-    // Bounded in flight and a long drain: the server answers everything.
-    assert!(report.passed, "{}", report.to_markdown());
-    assert_eq!(acked, sent);
+    let report = flood_answered_in_full("flood", Duration::from_millis(500), args).await;
     assert!(
         report
             .metric_value("peak batches in flight on one connection")
@@ -335,8 +343,6 @@ async fn write_flood_accounts_for_every_batch() {
 async fn an_unbounded_flood_gets_its_last_batches_answered_after_the_deadline() {
     // Unbounded pipelining fills the socket, so the flood's deadline usually cuts a flush
     // short; the frames still queued must reach the server and be answered in the drain.
-    let server = TestServer::start();
-    let ctx = ctx(&server, Duration::from_millis(800), "flood-unbounded");
     let args = WriteFloodArgs {
         connections: 4,
         batch_size: 10,
@@ -346,14 +352,7 @@ async fn an_unbounded_flood_gets_its_last_batches_answered_after_the_deadline() 
         value_bytes: 64,
         map: None,
     };
-    let report = scenarios::run(&ctx, &ScenarioArgs::WriteFlood(args), &[])
-        .await
-        .expect("runs");
-    let sent = report.metric_value("ops sent").expect("sent");
-    let acked = report.metric_value("ops acked").expect("acked");
-    assert!(sent > 0.0);
-    assert_eq!(acked, sent, "{}", report.to_markdown());
-    assert!(report.passed, "{}", report.to_markdown());
+    flood_answered_in_full("flood-unbounded", Duration::from_millis(800), args).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
