@@ -258,6 +258,26 @@ async fn wait_for_keys(
     .await
 }
 
+/// Subscribes to `query` in `map`; returns the stream and the initial results, which
+/// must be its first event.
+async fn subscribe(
+    client: &SearchServiceClient<Channel>,
+    map: &str,
+    query: &str,
+) -> (tonic::Streaming<SearchEvent>, SearchResponse) {
+    let mut live = client
+        .clone()
+        .subscribe_search(search_request(map, query))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first = live.next().await.expect("an event").expect("ok");
+    let Some(search_event::Kind::Initial(initial)) = first.kind else {
+        panic!("the initial results come first");
+    };
+    (live, initial)
+}
+
 async fn next_change(stream: &mut tonic::Streaming<SearchEvent>) -> SearchChange {
     let event = tokio::time::timeout(PATIENCE, stream.next())
         .await
@@ -413,16 +433,7 @@ async fn writes_to_unsearched_maps_are_found_by_the_next_search_and_subscription
 
     // A subscription's initial results include what was buffered; later writes are
     // live events.
-    let mut live = client
-        .clone()
-        .subscribe_search(search_request("watched", "wireless"))
-        .await
-        .expect("subscribe")
-        .into_inner();
-    let first = live.next().await.expect("an event").expect("ok");
-    let Some(search_event::Kind::Initial(initial)) = first.kind else {
-        panic!("the initial results come first");
-    };
+    let (mut live, initial) = subscribe(&client, "watched", "wireless").await;
     assert_eq!(keys(&initial), vec!["w1"]);
     writer.put("watched", "w2", "wireless keyboard").await;
     let enter = next_change(&mut live).await;
@@ -444,16 +455,7 @@ async fn live_search_sees_enter_update_and_leave() {
     let client = SearchServiceClient::new(channel(search_service.addr).await);
     wait_for_keys(&client, "products", "wireless", &["p1"]).await;
 
-    let mut live = client
-        .clone()
-        .subscribe_search(search_request("products", "wireless"))
-        .await
-        .expect("subscribe")
-        .into_inner();
-    let first = live.next().await.expect("an event").expect("ok");
-    let Some(search_event::Kind::Initial(initial)) = first.kind else {
-        panic!("the initial results come first");
-    };
+    let (mut live, initial) = subscribe(&client, "products", "wireless").await;
     assert_eq!(keys(&initial), vec!["p1"]);
 
     // p2 starts without the term, then gains it: ENTER.

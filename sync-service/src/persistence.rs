@@ -598,12 +598,17 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn pending_rows_are_carried_by_later_writes() {
+    /// Persistence towards a storage address nothing listens on (port 9, "discard").
+    fn unreachable_storage() -> Arc<Persistence> {
         let persistence =
             Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(200))
                 .expect("valid address");
-        let persistence = Arc::new(persistence);
+        Arc::new(persistence)
+    }
+
+    #[tokio::test]
+    async fn pending_rows_are_carried_by_later_writes() {
+        let persistence = unreachable_storage();
         let mut state = ShardState::new();
         let mut hlc = Hlc::new("s");
         let op = Op {
@@ -629,10 +634,7 @@ mod tests {
 
     #[tokio::test]
     async fn rows_of_released_partitions_stay_pending_as_they_were() {
-        let persistence =
-            Persistence::connect("http://127.0.0.1:9", None, Duration::from_millis(200))
-                .expect("valid address");
-        let persistence = Arc::new(persistence);
+        let persistence = unreachable_storage();
         let mut state = ShardState::new();
         let mut hlc = Hlc::new("s");
         let op = Op {
