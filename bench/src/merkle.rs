@@ -136,6 +136,10 @@ pub struct SyncWalk {
     pub records_changed: u64,
     /// Bytes of leaf messages.
     pub leaf_bytes: u64,
+    /// Records the server pushed ahead of its root (changes since the last sync).
+    pub records_pushed: u64,
+    /// Pushed records that changed the replica.
+    pub pushed_changed: u64,
 }
 
 impl SyncWalk {
@@ -193,6 +197,18 @@ impl SyncWalk {
         if let Some(expected) = self.outstanding.get(path) {
             if local.tree().node_hash(path).unwrap_or(0) == *expected {
                 self.outstanding.remove(path);
+            }
+        }
+    }
+
+    /// Handles SYNC_RESP_LEAF messages that arrive before the root: the server's push of
+    /// what changed since the client's last sync. They answer no request.
+    pub fn on_pushed(&mut self, local: &mut Replica, records: &[LeafRecord], bytes: usize) {
+        self.leaf_bytes += bytes as u64;
+        for r in records {
+            self.records_pushed += 1;
+            if local.merge(&r.key, &r.timestamp) {
+                self.pushed_changed += 1;
             }
         }
     }

@@ -196,10 +196,9 @@ async fn fan_out_delivers_every_write_to_every_subscriber() {
     assert_eq!(report.latencies[0].count as f64, writes * 3.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delta_sync_fetches_only_the_leaves_that_changed() {
-    let server = TestServer::start();
-    let ctx = ctx(&server, Duration::from_secs(1), "sync");
+/// Runs initial-sync over 120 records with 5% changed against `server`.
+async fn small_initial_sync(server: &TestServer) -> Report {
+    let ctx = ctx(server, Duration::from_secs(1), "sync");
     let args = InitialSyncArgs {
         records: 120,
         change_percent: 5.0,
@@ -217,10 +216,6 @@ async fn delta_sync_fetches_only_the_leaves_that_changed() {
         Some(120.0)
     );
     assert_eq!(report.metric_value("keys changed"), Some(6.0));
-    assert_eq!(
-        report.metric_value("delta sync leaves fetched"),
-        report.metric_value("leaves holding changed keys")
-    );
     let ratio = report.metric_value("delta/full bytes").expect("ratio");
     assert!(
         ratio > 0.0 && ratio < 0.5,
@@ -231,6 +226,27 @@ async fn delta_sync_fetches_only_the_leaves_that_changed() {
             .metric_value("up-to-date resync bytes")
             .map(|b| b < 1_000.0),
         Some(true)
+    );
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delta_sync_gets_just_the_changed_records_pushed_ahead_of_the_root() {
+    let server = TestServer::start();
+    let report = small_initial_sync(&server).await;
+    assert_eq!(report.metric_value("delta sync records pushed"), Some(6.0));
+    assert_eq!(report.metric_value("delta sync requests"), Some(0.0));
+    assert_eq!(report.metric_value("delta sync leaves fetched"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_push_delta_sync_walks_to_only_the_leaves_that_changed() {
+    let server = TestServer::start_with_env(&[("TOPGUN_SYNC_DELTA_PUSH_LIMIT", "0")]);
+    let report = small_initial_sync(&server).await;
+    assert_eq!(report.metric_value("delta sync records pushed"), Some(0.0));
+    assert_eq!(
+        report.metric_value("delta sync leaves fetched"),
+        report.metric_value("leaves holding changed keys")
     );
 }
 

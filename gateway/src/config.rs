@@ -74,6 +74,14 @@ pub struct GatewayOptions {
     /// Shared token every internal gRPC call carries.
     #[arg(long, env = "TOPGUN_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
+    /// Most changed records pushed ahead of the Merkle root to a reconnecting client
+    /// (`TOPGUN_SYNC_DELTA_PUSH_LIMIT`, default 20000; 0 turns the push off).
+    #[arg(long, env = "TOPGUN_SYNC_DELTA_PUSH_LIMIT", default_value_t = 20_000)]
+    pub sync_delta_push_limit: u32,
+    /// How far the sync shards' clocks may lag this gateway's; the delta push looks back
+    /// this much further (`TOPGUN_SYNC_DELTA_SKEW_MS`, default 0: one host or one clock).
+    #[arg(long, env = "TOPGUN_SYNC_DELTA_SKEW_MS", default_value_t = 0)]
+    pub sync_delta_skew_ms: u64,
 }
 
 impl GatewayOptions {
@@ -90,6 +98,9 @@ impl GatewayOptions {
         }
         if self.node_id.contains(':') {
             return Err("NODE_ID must not contain ':'".into());
+        }
+        if self.sync_delta_push_limit > 100_000 {
+            return Err("TOPGUN_SYNC_DELTA_PUSH_LIMIT must be at most 100000".into());
         }
         Ok(())
     }
@@ -123,6 +134,8 @@ impl GatewayOptions {
             node_id: self.node_id,
             default_operation_timeout_ms: self.default_operation_timeout_ms,
             max_concurrent_operations: self.max_concurrent_operations,
+            delta_push_limit: self.sync_delta_push_limit,
+            delta_clock_skew_ms: self.sync_delta_skew_ms,
             ..Default::default()
         };
         server.security.require_auth = self.require_auth;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use topgun_proto::grpc::common::{self as pbc, KeyState, MapKind};
 use topgun_proto::grpc::sync::{
-    GetRecordsRequest, MerkleNodeRequest, RunQueryRequest, ScanMapRequest,
+    ChangedSinceRequest, GetRecordsRequest, MerkleNodeRequest, RunQueryRequest, ScanMapRequest,
 };
 use topgun_proto::hlc::Timestamp;
 use topgun_proto::predicate::{Position, QueryPlan};
@@ -205,6 +205,49 @@ pub async fn get_records(
         );
     }
     Ok(out)
+}
+
+/// The LWW records of a map changed at or after server millis `since` on every shard,
+/// or `None` when some shard cannot tell exactly or more than `limit` changed in all.
+pub async fn changed_since(
+    gw: &Arc<Gateway>,
+    map: &str,
+    since: u64,
+    limit: u32,
+) -> Result<Option<Vec<KeyState>>, GatewayError> {
+    let timeout_ms = gw.operation_timeout_ms();
+    let calls = gw.sync.shards().into_iter().map(|shard| {
+        let req = gw.sync.request(ChangedSinceRequest {
+            map_name: map.to_string(),
+            since_millis: since,
+            limit,
+        });
+        async move {
+            let result = shard.client().changed_since(req).await;
+            shard.mark(result.is_ok());
+            result
+        }
+    });
+    let started = Instant::now();
+    let results = futures::future::join_all(calls).await;
+    gw.metrics
+        .grpc_client_duration
+        .with_label_values(&["sync", "ChangedSince"])
+        .observe(started.elapsed().as_secs_f64());
+    let mut records = Vec::new();
+    for result in results {
+        let answer = result
+            .map_err(|s| GatewayError::from_status(&s, timeout_ms))?
+            .into_inner();
+        if !answer.complete {
+            return Ok(None);
+        }
+        records.extend(answer.records);
+        if records.len() > limit as usize {
+            return Ok(None);
+        }
+    }
+    Ok(Some(records))
 }
 
 /// Every LWW record of a map with a timestamp strictly greater than `since`.

@@ -7,6 +7,10 @@
 //! subscriber. Each subscriber stream pulls from the ring at its own pace (HTTP/2 flow
 //! control is its bounded buffer); one that falls out of the ring gets OUT_OF_RANGE
 //! and must rescan, which is the price of never blocking writers.
+//!
+//! Each event also carries the shard clock's millis when it was applied, so the ring
+//! can tell which keys changed since a server time (the delta pushed to a reconnecting
+//! client, core.md §6.4) as long as it still holds every change since then.
 
 use crate::error::SyncError;
 use crate::requests::Origin;
@@ -14,12 +18,13 @@ use crate::shutdown::stopped;
 use crate::state::{Change, ChangeKind};
 use futures::Stream;
 use parking_lot::Mutex;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 use tonic::Status;
 use topgun_proto::grpc::sync as pb;
+use topgun_proto::hlc::wall_clock_ms;
 
 /// Most events examined per read, so a catching-up subscriber holds the ring lock
 /// only briefly and sends moderately sized batches.
@@ -39,6 +44,11 @@ pub struct ChangeFeed {
 #[derive(Debug)]
 struct Ring {
     events: VecDeque<Arc<pb::ChangeEvent>>,
+    /// Shard clock millis each event of `events` was applied at (non-decreasing).
+    stamps: VecDeque<u64>,
+    /// Every change stamped after this is in the ring: the stamp of the newest evicted
+    /// event, the start of the feed, or the last time state changed outside it.
+    complete_after: u64,
     /// Sequence number the next event gets; sequences start at 1 (0 = "from now on").
     next_seq: u64,
 }
@@ -69,6 +79,8 @@ impl ChangeFeed {
             capacity: capacity.max(1),
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
+                stamps: VecDeque::new(),
+                complete_after: wall_clock_ms(),
                 next_seq: 1,
             }),
             last_seq,
@@ -91,9 +103,10 @@ impl ChangeFeed {
         self.ring.lock().next_seq - 1
     }
 
-    /// Appends the changes as events. Callers hold the shard's state lock, so sequence
-    /// order is merge order for every key.
-    pub fn publish(&self, changes: Vec<Change>, origin: &Origin) {
+    /// Appends the changes as events applied at shard clock millis `stamp`. Callers
+    /// hold the shard's state and clock locks, so sequence order is merge order for
+    /// every key and stamps never go down.
+    pub fn publish(&self, changes: Vec<Change>, origin: &Origin, stamp: u64) {
         if changes.is_empty() {
             return;
         }
@@ -106,13 +119,52 @@ impl ChangeFeed {
                 event.seq = ring.next_seq;
                 ring.next_seq += 1;
                 ring.events.push_back(Arc::new(event));
+                ring.stamps.push_back(stamp);
                 if ring.events.len() > self.capacity {
                     ring.events.pop_front();
+                    if let Some(evicted) = ring.stamps.pop_front() {
+                        ring.complete_after = ring.complete_after.max(evicted);
+                    }
                 }
             }
             ring.next_seq - 1
         };
         self.last_seq.send_replace(last);
+    }
+
+    /// Records that state changed at shard clock millis `stamp` without events (rows
+    /// loaded from storage): the feed cannot say what changed up to then.
+    pub fn mark_gap(&self, stamp: u64) {
+        let mut ring = self.ring.lock();
+        ring.complete_after = ring.complete_after.max(stamp);
+    }
+
+    /// Keys of LWW map `map_name` changed at or after shard clock millis `since`, in key
+    /// order; `None` when the ring may miss some of them (`since` is not after what it
+    /// covers) or when more than `limit` keys changed.
+    pub fn lww_keys_changed_since(
+        &self,
+        map_name: &str,
+        since: u64,
+        limit: usize,
+    ) -> Option<BTreeSet<String>> {
+        let ring = self.ring.lock();
+        if since <= ring.complete_after {
+            return None;
+        }
+        let start = ring.stamps.partition_point(|&stamp| stamp < since);
+        let mut keys = BTreeSet::new();
+        for event in ring.events.range(start..) {
+            let lww = event.event_type == pb::EventType::Put as i32
+                || event.event_type == pb::EventType::Remove as i32;
+            if lww && event.map_name == map_name && !keys.contains(&event.key) {
+                if keys.len() == limit {
+                    return None;
+                }
+                keys.insert(event.key.clone());
+            }
+        }
+        Some(keys)
     }
 
     /// Opens a subscription, checking the resume position first: an epoch mismatch, a
@@ -348,6 +400,7 @@ mod tests {
         feed.publish(
             vec![change("a", "1"), change("b", "2"), change("a", "3")],
             &Origin::default(),
+            0,
         );
         assert_eq!(feed.last_seq(), 3);
         let stream = feed
@@ -380,7 +433,11 @@ mod tests {
             vec!["1", "3"]
         );
         // Live events arrive after the backlog.
-        feed.publish(vec![change("b", "x"), change("a", "4")], &Origin::default());
+        feed.publish(
+            vec![change("b", "x"), change("a", "4")],
+            &Origin::default(),
+            0,
+        );
         let batch = stream.next().await.expect("batch").expect("ok");
         assert_eq!(
             batch.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -401,6 +458,7 @@ mod tests {
         feed.publish(
             (0..5).map(|i| change("a", &i.to_string())).collect(),
             &Origin::default(),
+            0,
         );
         let err = feed
             .subscribe(from(&feed, 3), shutdown.clone())
@@ -428,6 +486,7 @@ mod tests {
         feed.publish(
             (0..5).map(|i| change("a", &i.to_string())).collect(),
             &Origin::default(),
+            0,
         );
         let status = slow.next().await.expect("item").expect_err("fell behind");
         assert_eq!(status.code(), tonic::Code::OutOfRange);
@@ -444,5 +503,73 @@ mod tests {
         stop.send_replace(true);
         let status = idle.next().await.expect("item").expect_err("shutdown");
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    fn or_change(map: &str, key: &str) -> Change {
+        Change {
+            map_name: map.into(),
+            key: HashedKey::new(key),
+            kind: ChangeKind::OrRemove("tag".into()),
+        }
+    }
+
+    #[test]
+    fn keys_changed_since_a_stamp_are_the_lww_keys_of_that_map_at_or_after_it() {
+        let feed = ChangeFeed::new(100);
+        let t = wall_clock_ms() + 1_000;
+        let origin = Origin::default();
+        feed.publish(vec![change("a", "old")], &origin, t);
+        feed.publish(
+            vec![change("a", "k2"), change("b", "other")],
+            &origin,
+            t + 5,
+        );
+        feed.publish(vec![change("a", "k1"), change("a", "k2")], &origin, t + 9);
+        feed.publish(vec![or_change("a", "or-key")], &origin, t + 9);
+        let keys = feed
+            .lww_keys_changed_since("a", t + 5, 10)
+            .expect("covered");
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), vec!["k1", "k2"]);
+        assert_eq!(
+            feed.lww_keys_changed_since("a", t + 10, 10)
+                .map(|k| k.len()),
+            Some(0),
+            "nothing changed since"
+        );
+        assert_eq!(
+            feed.lww_keys_changed_since("a", t + 5, 1),
+            None,
+            "two keys are over a limit of one"
+        );
+    }
+
+    #[test]
+    fn keys_changed_since_are_unknown_before_the_feed_started_or_its_oldest_event() {
+        let feed = ChangeFeed::new(2);
+        let t = wall_clock_ms() + 1_000;
+        assert_eq!(feed.lww_keys_changed_since("a", t - 2_000, 10), None);
+        let origin = Origin::default();
+        for (i, key) in ["1", "2", "3"].iter().enumerate() {
+            feed.publish(vec![change("a", key)], &origin, t + i as u64);
+        }
+        // "1" (at t) was evicted: from t on the ring may miss changes, after t it does not.
+        assert_eq!(feed.lww_keys_changed_since("a", t, 10), None);
+        let keys = feed
+            .lww_keys_changed_since("a", t + 1, 10)
+            .expect("covered");
+        assert_eq!(keys.into_iter().collect::<Vec<_>>(), vec!["2", "3"]);
+    }
+
+    #[test]
+    fn a_gap_hides_everything_up_to_it() {
+        let feed = ChangeFeed::new(100);
+        let t = wall_clock_ms() + 1_000;
+        feed.publish(vec![change("a", "1")], &Origin::default(), t);
+        feed.mark_gap(t + 3);
+        assert_eq!(feed.lww_keys_changed_since("a", t + 3, 10), None);
+        assert_eq!(
+            feed.lww_keys_changed_since("a", t + 4, 10).map(|k| k.len()),
+            Some(0)
+        );
     }
 }

@@ -373,6 +373,38 @@ impl TryFrom<pb::ScanMapRequest> for ScanMap {
     }
 }
 
+/// Most keys a ChangedSince answer may carry, whatever the caller asks for.
+pub const CHANGED_SINCE_MAX_LIMIT: usize = 100_000;
+
+/// A validated ChangedSince.
+#[derive(Debug, Clone)]
+pub struct ChangedSince {
+    /// LWW map.
+    pub map_name: String,
+    /// Shard clock millis; changes at or after it are wanted.
+    pub since_millis: u64,
+    /// Most keys to return (capped at [`CHANGED_SINCE_MAX_LIMIT`]).
+    pub limit: usize,
+}
+
+impl TryFrom<pb::ChangedSinceRequest> for ChangedSince {
+    type Error = SyncError;
+
+    fn try_from(req: pb::ChangedSinceRequest) -> Result<Self, SyncError> {
+        check_map_name(&req.map_name)?;
+        if req.since_millis == 0 {
+            return Err(SyncError::InvalidArgument(
+                "since_millis must be a server time above 0".into(),
+            ));
+        }
+        Ok(ChangedSince {
+            map_name: req.map_name,
+            since_millis: req.since_millis,
+            limit: (req.limit as usize).min(CHANGED_SINCE_MAX_LIMIT),
+        })
+    }
+}
+
 /// A validated RunQuery.
 #[derive(Debug, Clone)]
 pub struct RunQuery {

@@ -6,7 +6,8 @@ use crate::error::SyncError;
 use crate::feed::SubscribeFrom;
 use crate::metrics::SyncMetrics;
 use crate::requests::{
-    ApplyBatch, GetRecords, MerkleNodeQuery, Publish, RunQuery, ScanMap, SetPartitions,
+    ApplyBatch, ChangedSince, GetRecords, MerkleNodeQuery, Publish, RunQuery, ScanMap,
+    SetPartitions,
 };
 use crate::shard::Shard;
 use futures::Stream;
@@ -129,6 +130,15 @@ impl SyncService for SyncGrpc {
             .instrument(span)
             .await?;
         Ok(Response::new(result))
+    }
+
+    async fn changed_since(
+        &self,
+        request: Request<pb::ChangedSinceRequest>,
+    ) -> Result<Response<pb::ChangedSinceResponse>, Status> {
+        let (_permit, _) = self.admit(&request)?;
+        let req = ChangedSince::try_from(request.into_inner())?;
+        Ok(Response::new(self.shard.changed_since(&req)))
     }
 
     async fn merkle_node(

@@ -16,8 +16,8 @@ use crate::gc;
 use crate::merkle::NodePath;
 use crate::persistence::{self, LoadedRow, Persistence, PIGGYBACK_ROWS, RETRY_CHUNK_ROWS};
 use crate::requests::{
-    ApplyBatch, GetRecords, HashedKey, MapKind, MerkleNodeQuery, Origin, RunQuery, ScanMap,
-    WriteConcern,
+    ApplyBatch, ChangedSince, GetRecords, HashedKey, MapKind, MerkleNodeQuery, Origin, RunQuery,
+    ScanMap, WriteConcern,
 };
 use crate::shutdown::stopped;
 use crate::state::{RowId, ShardState};
@@ -32,6 +32,7 @@ use tokio::time::Instant;
 use topgun_proto::grpc::common as pb_common;
 use topgun_proto::grpc::sync as pb;
 use topgun_proto::hlc::{wall_clock_ms, Hlc, Timestamp};
+use topgun_proto::partition::partition_of;
 use topgun_proto::predicate::QueryPlan;
 use topgun_proto::wire::{self, LwwRecord};
 
@@ -222,7 +223,8 @@ impl Shard {
                 .iter()
                 .map(|op| state.apply(&mut hlc, op, &mut changes))
                 .collect();
-            self.feed.publish(changes, &batch.origin);
+            let stamp = hlc.now().millis;
+            self.feed.publish(changes, &batch.origin, stamp);
             // Every touched row is written, changed or not: a retried op that merges as
             // unchanged must still be durable before it is reported so.
             let prepared = self.persistence.as_ref().map(|p| {
@@ -340,6 +342,35 @@ impl Shard {
             records,
             last_key,
             done,
+        }
+    }
+
+    /// The current records of the LWW keys changed at or after `since_millis` (see
+    /// [`ChangeFeed::lww_keys_changed_since`]); keys this shard no longer owns or holds
+    /// are left out. Incomplete when the feed cannot tell or too many keys changed.
+    pub fn changed_since(&self, req: &ChangedSince) -> pb::ChangedSinceResponse {
+        let Some(keys) =
+            self.feed
+                .lww_keys_changed_since(&req.map_name, req.since_millis, req.limit)
+        else {
+            return pb::ChangedSinceResponse {
+                complete: false,
+                records: Vec::new(),
+            };
+        };
+        let state = self.state.read();
+        let owned = self.ownership();
+        let records = match state.lww(&req.map_name) {
+            Some(map) => keys
+                .iter()
+                .filter(|key| owned.partitions.contains(partition_of(key)))
+                .filter_map(|key| map.get(key).map(|record| lww_key_state(key, record)))
+                .collect(),
+            None => Vec::new(),
+        };
+        pb::ChangedSinceResponse {
+            complete: true,
+            records,
         }
     }
 
@@ -530,6 +561,7 @@ impl Shard {
             rows.into_iter()
                 .filter(|row| owned.partitions.contains(row.key().partition())),
         );
+        self.feed.mark_gap(hlc.now().millis);
     }
 
     /// Replaces the owned partitions with `partitions` when `version` is above the
@@ -759,7 +791,9 @@ impl Shard {
             pruned: outcome.pruned,
         };
         // System changes carry an empty origin, so every gateway forwards them.
-        self.feed.publish(outcome.changes, &Origin::default());
+        let stamp = hlc.now().millis;
+        self.feed
+            .publish(outcome.changes, &Origin::default(), stamp);
         let prepared = self.persistence.as_ref().map(|p| {
             let mut prepared = p.prepare(&state, &mut hlc, outcome.touched, 0);
             for (id, stamp) in outcome.deletes {
@@ -959,6 +993,58 @@ mod tests {
         assert_eq!(
             results[0].achieved_level,
             pb_common::WriteConcern::Persisted as i32
+        );
+    }
+
+    fn changed(shard: &Shard, since_millis: u64, limit: usize) -> Option<Vec<(String, Value)>> {
+        let answer = shard.changed_since(&ChangedSince {
+            map_name: "m".into(),
+            since_millis,
+            limit,
+        });
+        answer.complete.then(|| {
+            answer
+                .records
+                .into_iter()
+                .map(|state| {
+                    let record = LwwRecord::try_from(state.lww.expect("lww")).expect("record");
+                    (state.key, record.value)
+                })
+                .collect()
+        })
+    }
+
+    #[tokio::test]
+    async fn changed_since_answers_the_current_records_of_keys_changed_from_then_on() {
+        let shard = shard(None);
+        // Record timestamps ahead of the wall clock move the shard clock there, so the
+        // stamps are known exactly.
+        let t = wall_clock_ms() + 60_000;
+        apply(
+            &shard,
+            vec![put("a", Value::from(1), t), put("b", Value::from(1), t)],
+        )
+        .await
+        .expect("ok");
+        apply(&shard, vec![put("b", Value::from(2), t + 10)])
+            .await
+            .expect("ok");
+        assert_eq!(
+            changed(&shard, t, 10),
+            Some(vec![
+                ("a".into(), Value::from(1)),
+                ("b".into(), Value::from(2))
+            ])
+        );
+        assert_eq!(
+            changed(&shard, t + 10, 10),
+            Some(vec![("b".into(), Value::from(2))])
+        );
+        assert_eq!(changed(&shard, t, 1), None, "over the limit");
+        assert_eq!(
+            changed(&shard, wall_clock_ms() - 60_000, 10),
+            None,
+            "before the shard started"
         );
     }
 

@@ -10,7 +10,7 @@ pub mod ws_client;
 
 pub use process::{bin_path, Service, TestServer};
 pub use suite::{Layout, Storage, Suite};
-pub use ws_client::WsClient;
+pub use ws_client::{unpack_batch, WsClient};
 
 /// The JWT secret of `test-server`.
 pub const TEST_JWT_SECRET: &str = "test-e2e-secret";

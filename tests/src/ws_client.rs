@@ -33,10 +33,47 @@ pub fn encode(value: &Value) -> Vec<u8> {
     rmp_serde::to_vec_named(value).expect("json encodes as msgpack")
 }
 
-/// JSON view of MsgPack bytes.
+/// JSON view of MsgPack bytes; binary strings become arrays of byte values.
 pub fn decode(bytes: &[u8]) -> Value {
     let value = rmpv::decode::read_value(&mut &bytes[..]).expect("server sent valid msgpack");
-    rmpv::ext::from_value(value).expect("server message converts to json")
+    rmpv::ext::from_value(bytes_as_arrays(value)).expect("server message converts to json")
+}
+
+fn bytes_as_arrays(value: rmpv::Value) -> rmpv::Value {
+    match value {
+        rmpv::Value::Binary(bytes) => {
+            rmpv::Value::Array(bytes.into_iter().map(rmpv::Value::from).collect())
+        }
+        rmpv::Value::Array(items) => {
+            rmpv::Value::Array(items.into_iter().map(bytes_as_arrays).collect())
+        }
+        rmpv::Value::Map(entries) => rmpv::Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k, bytes_as_arrays(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The inner messages of a server BATCH (core.md §1.6: LE u32 count, then per message
+/// an LE u32 length and its MsgPack bytes); panics if `message` is not a whole BATCH.
+pub fn unpack_batch(message: &Value) -> Vec<Value> {
+    assert_eq!(message["type"], "BATCH", "not a BATCH: {message}");
+    let data: Vec<u8> = message["data"]
+        .as_array()
+        .expect("BATCH data is binary")
+        .iter()
+        .map(|b| {
+            b.as_u64()
+                .and_then(|b| u8::try_from(b).ok())
+                .expect("a byte")
+        })
+        .collect();
+    let inner = topgun_proto::wire::batch::unpack_batch_data(&data).expect("whole BATCH data");
+    assert_eq!(message["count"], inner.len(), "count matches the data");
+    inner.into_iter().map(decode).collect()
 }
 
 impl WsClient {

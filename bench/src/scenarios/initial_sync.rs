@@ -1,7 +1,9 @@
 //! `initial-sync`: time and bytes of a fresh client's Merkle walk over a seeded map, then of a
-//! client that holds the old state after a small share of keys changed. The second walk must
-//! fetch exactly the leaves that hold a changed key: that is what makes its cost proportional
-//! to the change rather than to the map.
+//! client that holds the old state after a small share of keys changed. The second sync must
+//! cost in proportion to the change rather than to the map: a server that pushes the records
+//! changed since the client's `lastSyncTimestamp` ahead of its root (this suite does) must push
+//! exactly the changed keys and leave nothing to walk; one that does not must walk to exactly
+//! the leaves that hold a changed key.
 
 use super::seed::seed;
 use super::{padded_value, Ctx};
@@ -55,6 +57,12 @@ pub async fn sync_once(
             }) if m == map_name => {
                 break (root_hash, server_millis.unwrap_or(0));
             }
+            Some(ServerMsg::SyncRespLeaf {
+                map_name: m,
+                records,
+                bytes,
+                ..
+            }) if m == map_name => walk.on_pushed(replica, &records, bytes),
             Some(msg) => {
                 if let Some(f) = sync_failure(&msg) {
                     failures.add(&f);
@@ -229,7 +237,27 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
     )
     .await?;
     failures.merge(&delta.failures);
-    if delta.walk.leaves_fetched != touched {
+    if delta.walk.records_pushed > 0 {
+        if delta.walk.records_pushed != changed.len() as u64 {
+            failures.add(&Failure::new(
+                FailureKind::SyncMismatch,
+                format!(
+                    "the server pushed {} records, {} keys were changed",
+                    delta.walk.records_pushed,
+                    changed.len()
+                ),
+            ));
+        }
+        if delta.walk.requests != 0 {
+            failures.add(&Failure::new(
+                FailureKind::SyncMismatch,
+                format!(
+                    "after the push the walk still made {} requests",
+                    delta.walk.requests
+                ),
+            ));
+        }
+    } else if delta.walk.leaves_fetched != touched {
         let extra = delta.walk.leaves_fetched.difference(&touched).count();
         let missed = touched.difference(&delta.walk.leaves_fetched).count();
         failures.add(&Failure::new(
@@ -237,12 +265,12 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
             format!("delta walk fetched {} leaves, {} hold changed keys ({extra} extra, {missed} missed)", delta.walk.leaves_fetched.len(), touched.len()),
         ));
     }
-    if delta.walk.records_changed != changed.len() as u64 {
+    let delta_changed = delta.walk.records_changed + delta.walk.pushed_changed;
+    if delta_changed != changed.len() as u64 {
         failures.add(&Failure::new(
             FailureKind::SyncMismatch,
             format!(
-                "delta walk changed {} records, {} keys were changed",
-                delta.walk.records_changed,
+                "delta sync changed {delta_changed} records, {} keys were changed",
                 changed.len()
             ),
         ));
@@ -331,6 +359,11 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
             "delta sync requests",
             delta.walk.requests as f64,
             "requests",
+        )
+        .metric(
+            "delta sync records pushed",
+            delta.walk.records_pushed as f64,
+            "records",
         )
         .metric(
             "delta sync leaves fetched",

@@ -114,6 +114,10 @@ pub struct ServerConfig {
     pub security: SecurityConfig,
     /// Cap on rows in one QUERY_RESP.
     pub max_query_records: u32,
+    /// Most changed records pushed ahead of SYNC_RESP_ROOT (0 = no push).
+    pub delta_push_limit: u32,
+    /// Extra look-back of the delta push for shard clocks lagging the gateway's.
+    pub delta_clock_skew_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +130,8 @@ impl Default for ServerConfig {
             partition_count: topgun_proto::partition::PARTITION_COUNT,
             security: SecurityConfig::default(),
             max_query_records: 10_000,
+            delta_push_limit: 20_000,
+            delta_clock_skew_ms: 0,
         }
     }
 }

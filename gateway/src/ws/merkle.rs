@@ -9,10 +9,10 @@ use std::collections::HashMap;
 use topgun_proto::grpc::common::{KeyState, MapKind};
 use topgun_proto::hlc::wall_clock_ms;
 use topgun_proto::wire::{
-    LeafRecord, LwwRecord, MerkleReqBucketPayload, Message, OrMapDiffRequestPayload,
-    OrMapEntriesPayload, OrMapEntry, OrMapRecord, OrMapSyncInit, OrMapSyncRespLeafPayload,
-    SyncInit, SyncResetRequiredPayload, SyncRespBucketsPayload, SyncRespLeafPayload,
-    SyncRespRootPayload,
+    self, batch, BatchEnvelope, LeafRecord, LwwRecord, MerkleReqBucketPayload, Message,
+    OrMapDiffRequestPayload, OrMapEntriesPayload, OrMapEntry, OrMapRecord, OrMapSyncInit,
+    OrMapSyncRespLeafPayload, SyncInit, SyncResetRequiredPayload, SyncRespBucketsPayload,
+    SyncRespLeafPayload, SyncRespRootPayload,
 };
 
 /// Tombstones older than this are pruned; a client that last synced before it may have
@@ -22,6 +22,16 @@ pub const GC_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// Largest number of records in one leaf message, keeping frames well under 16 MiB.
 const LEAF_CHUNK: usize = 2_000;
 
+/// Largest BATCH the delta push may build; a bigger delta is left to the Merkle walk
+/// (outgoing messages stay under 16 MiB, core.md §1.7).
+const DELTA_PUSH_MAX_BYTES: usize = 12 * 1024 * 1024;
+
+/// SYNC_INIT: the GC-age check, then the root. A client that synced before
+/// (`lastSyncTimestamp` > 0) first gets the records changed since then, as
+/// SYNC_RESP_LEAF messages in the same BATCH frame as the root: the client handles a
+/// BATCH's messages one after the other, so it compares roots with the changes merged
+/// and, when it missed nothing else, needs no walk at all. The walk stays the fallback
+/// for anything the push cannot know about (see `delta_push`).
 pub(super) async fn sync_init(s: &Session, m: SyncInit) {
     if let Err(err) = s.gw.check_read(s.principal(), &m.map_name) {
         return s.send_error(&err).await;
@@ -34,17 +44,86 @@ pub(super) async fn sync_init(s: &Session, m: SyncInit) {
         };
         return s.send(Message::SyncResetRequired { payload }).await;
     }
-    match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Lww).await {
-        Ok(root_hash) => {
-            let payload = SyncRespRootPayload {
-                map_name: m.map_name,
-                root_hash,
-                timestamp: s.gw.now(),
-            };
-            s.send(Message::SyncRespRoot { payload }).await
-        }
-        Err(err) => s.send_error(&err).await,
+    // Read before anything is scanned: a change this answer does not reflect is
+    // stamped at or after it, so the client's next delta push includes it.
+    let timestamp = s.gw.now();
+    let pushed = if last > 0 {
+        delta_push(s, &m.map_name, last).await
+    } else {
+        Vec::new()
+    };
+    let root_hash = match scatter::merkle_root(&s.gw, &m.map_name, MapKind::Lww).await {
+        Ok(root_hash) => root_hash,
+        Err(err) => return s.send_error(&err).await,
+    };
+    let root = Message::SyncRespRoot {
+        payload: SyncRespRootPayload {
+            map_name: m.map_name.clone(),
+            root_hash,
+            timestamp,
+        },
+    };
+    match batch_with_root(&m.map_name, pushed, &root) {
+        Some(batch) => s.send(batch).await,
+        None => s.send(root).await,
     }
+}
+
+/// The LWW records of `map` changed since server millis `last`, or nothing when the
+/// shards cannot tell exactly (their change feeds no longer reach back that far, they
+/// restarted or loaded data since) or more changed than the push limit: the Merkle walk
+/// then transfers what differs. Missing a change here costs a walk, never correctness.
+async fn delta_push(s: &Session, map: &str, last: u64) -> Vec<LeafRecord> {
+    let (limit, skew) = {
+        let server = s.gw.server.read();
+        (server.delta_push_limit, server.delta_clock_skew_ms)
+    };
+    if limit == 0 {
+        return Vec::new();
+    }
+    let since = last.saturating_sub(skew).max(1);
+    match scatter::changed_since(&s.gw, map, since, limit).await {
+        Ok(Some(states)) => states
+            .into_iter()
+            .filter_map(|state| {
+                let record = LwwRecord::try_from(state.lww?).ok()?;
+                Some(LeafRecord {
+                    key: state.key,
+                    record,
+                })
+            })
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(err) => {
+            tracing::debug!(map, error = %err, "delta push skipped");
+            Vec::new()
+        }
+    }
+}
+
+/// One BATCH holding `records` as SYNC_RESP_LEAF messages followed by `root`, or None
+/// when there is nothing to push or it would be too large for one frame.
+fn batch_with_root(map: &str, records: Vec<LeafRecord>, root: &Message) -> Option<Message> {
+    if records.is_empty() {
+        return None;
+    }
+    let mut inner: Vec<Vec<u8>> = records
+        .chunks(LEAF_CHUNK)
+        .map(|chunk| {
+            wire::encode(&Message::SyncRespLeaf {
+                payload: SyncRespLeafPayload {
+                    map_name: map.to_string(),
+                    // Not a walk answer; the client does not read the path (§6.4).
+                    path: String::new(),
+                    records: chunk.to_vec(),
+                },
+            })
+        })
+        .collect();
+    inner.push(wire::encode(root));
+    let data = batch::pack_batch_data(inner.iter().map(Vec::as_slice));
+    let count = inner.len() as u64;
+    (data.len() <= DELTA_PUSH_MAX_BYTES).then_some(Message::Batch(BatchEnvelope { count, data }))
 }
 
 /// Read check, path validation and the scatter of a bucket request of either map kind.

@@ -4,7 +4,7 @@
 use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
-use topgun_tests::{token, Suite, WsClient};
+use topgun_tests::{token, unpack_batch, Suite, WsClient};
 
 /// Walks the server tree like the TS client: request differing buckets, merge leaves.
 /// Returns the records received.
@@ -100,6 +100,116 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
     assert!(merkle_walk(&mut synced, &map, &full_tree).await.is_empty());
 }
 
+/// The client's Merkle tree after merging the records of a SYNC_RESP_LEAF.
+fn merge_leaf(tree: &mut ClientTree, leaf: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
+    for r in leaf["payload"]["records"].as_array().expect("records") {
+        let key = r["key"].as_str().expect("key");
+        let ts = &r["record"]["timestamp"];
+        tree.put(
+            key,
+            ts["millis"].as_u64().expect("millis"),
+            ts["counter"].as_u64().expect("counter"),
+            ts["nodeId"].as_str().expect("nodeId"),
+        );
+        keys.push(key.to_string());
+    }
+    keys
+}
+
+async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_the_root(
+    server: Suite,
+) {
+    let map = map_name("delta");
+    let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
+    let ops: Vec<Value> = (0..60)
+        .map(|i| {
+            put(
+                &(i + 1).to_string(),
+                &map,
+                &format!("key-{i}"),
+                json!({"i": i}),
+                1_700_000_000_000 + i,
+                "w",
+            )
+        })
+        .collect();
+    writer.send(&batch(ops)).await;
+    writer.recv_type("OP_ACK").await;
+    let mut tree = ClientTree::default();
+    for i in 0..60 {
+        tree.put(&format!("key-{i}"), 1_700_000_000_000 + i, 0, "w");
+    }
+
+    // A client that never synced gets the bare root, and the time to come back with.
+    let mut client = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
+    client
+        .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": 0}))
+        .await;
+    let first = client.recv().await;
+    assert_eq!(first["type"], "SYNC_RESP_ROOT", "{first}");
+    assert_eq!(first["payload"]["rootHash"], tree.hash(""));
+    let last_sync = first["payload"]["timestamp"]["millis"]
+        .as_u64()
+        .expect("millis");
+    drop(client);
+
+    // While it is away: two keys change and one is removed.
+    writer
+        .send(&batch(vec![
+            put("61", &map, "key-1", json!("new"), 1_700_000_001_000, "w"),
+            put("62", &map, "key-2", json!("new"), 1_700_000_001_000, "w"),
+            remove("63", &map, "key-3", 1_700_000_001_000, "w"),
+        ]))
+        .await;
+    writer.recv_type("OP_ACK").await;
+
+    // Coming back: one BATCH, the changed records first, then the root they lead to.
+    let mut client = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
+    client
+        .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": last_sync}))
+        .await;
+    let inner = unpack_batch(&client.recv().await);
+    let (root, leaves) = inner.split_last().expect("messages");
+    assert_eq!(root["type"], "SYNC_RESP_ROOT", "{root}");
+    let mut pushed = Vec::new();
+    for leaf in leaves {
+        assert_eq!(leaf["type"], "SYNC_RESP_LEAF", "{leaf}");
+        assert_eq!(leaf["payload"]["mapName"], map.as_str());
+        pushed.extend(merge_leaf(&mut tree, leaf));
+        let tombstone = leaf["payload"]["records"]
+            .as_array()
+            .expect("records")
+            .iter()
+            .find(|r| r["key"] == "key-3");
+        if let Some(r) = tombstone {
+            assert_eq!(
+                r["record"]["value"],
+                Value::Null,
+                "removals push tombstones"
+            );
+        }
+    }
+    pushed.sort();
+    assert_eq!(pushed, vec!["key-1", "key-2", "key-3"]);
+    assert_eq!(
+        root["payload"]["rootHash"],
+        tree.hash(""),
+        "with the pushed records merged the roots agree: no walk needed"
+    );
+
+    // Nothing changed since: the bare root again.
+    let again = root["payload"]["timestamp"]["millis"]
+        .as_u64()
+        .expect("millis");
+    client
+        .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": again}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(reply["type"], "SYNC_RESP_ROOT", "{reply}");
+    assert_eq!(reply["payload"]["rootHash"], tree.hash(""));
+}
+
 async fn tombstones_are_delivered_in_leaves(server: Suite) {
     let map = map_name("tomb");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
@@ -125,6 +235,7 @@ async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error(server: Suite) {
 
 topgun_tests::topologies!(
     merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one,
+    a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_the_root,
     tombstones_are_delivered_in_leaves,
     missing_nodes_get_empty_buckets_and_bad_paths_an_error
 );
