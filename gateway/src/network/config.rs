@@ -77,7 +77,10 @@ pub struct ConnectionConfig {
     pub ws_read_buffer_size: usize,
     /// WebSocket write buffer target.
     pub ws_write_buffer_size: usize,
-    /// WebSocket write buffer hard cap.
+    /// WebSocket write buffer hard cap. tungstenite refuses a message that does not fit
+    /// next to what is buffered, and the connection ends, so this must exceed the largest
+    /// message the gateway sends (leaf chunks, delta pushes, query pages: up to 16 MiB).
+    /// It bounds memory only for messages that large; queues bound the rest.
     pub ws_max_write_buffer_size: usize,
     /// Largest inbound WebSocket message.
     pub max_message_size: usize,
@@ -91,7 +94,7 @@ impl Default for ConnectionConfig {
             idle_timeout: Duration::from_secs(60),
             ws_read_buffer_size: 8 * 1024,
             ws_write_buffer_size: 128 * 1024,
-            ws_max_write_buffer_size: 512 * 1024,
+            ws_max_write_buffer_size: 64 * 1024 * 1024 + 128 * 1024,
             max_message_size: 64 * 1024 * 1024,
         }
     }

@@ -131,10 +131,18 @@ async fn write_loop(
         let Some(out) = next else { break };
         match out {
             Outbound::Frame(bytes) => {
-                let sent =
-                    tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await;
-                if !matches!(sent, Ok(Ok(()))) {
-                    break;
+                let len = bytes.len();
+                match tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        tracing::debug!(bytes = len, error = %err, "websocket write failed");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!(bytes = len, "websocket write timed out");
+                        break;
+                    }
                 }
             }
             Outbound::Close(code, reason) => {

@@ -210,6 +210,48 @@ async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_th
     assert_eq!(reply["payload"]["rootHash"], tree.hash(""));
 }
 
+async fn a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole(server: Suite) {
+    let map = map_name("bigdelta");
+    let mut c = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
+    c.send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": 0}))
+        .await;
+    let root = c.recv_type("SYNC_RESP_ROOT").await;
+    let last_sync = root["payload"]["timestamp"]["millis"]
+        .as_u64()
+        .expect("millis");
+
+    // 300 records of 4 KiB: one BATCH of about 1.2 MiB.
+    let big = "x".repeat(4096);
+    let ops: Vec<Value> = (0..300)
+        .map(|i| {
+            put(
+                &(i + 1).to_string(),
+                &map,
+                &format!("key-{i}"),
+                json!(big),
+                1_700_000_000_000 + i,
+                "w",
+            )
+        })
+        .collect();
+    c.send(&batch(ops)).await;
+    c.recv_type("OP_ACK").await;
+
+    let mut again = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
+    again
+        .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": last_sync}))
+        .await;
+    let inner = unpack_batch(&again.recv().await);
+    let records: usize = inner
+        .iter()
+        .filter(|m| m["type"] == "SYNC_RESP_LEAF")
+        .map(|m| m["payload"]["records"].as_array().expect("records").len())
+        .sum();
+    assert_eq!(records, 300);
+    assert_eq!(inner.last().expect("root")["type"], "SYNC_RESP_ROOT");
+    again.ping().await;
+}
+
 async fn tombstones_are_delivered_in_leaves(server: Suite) {
     let map = map_name("tomb");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
@@ -236,6 +278,7 @@ async fn missing_nodes_get_empty_buckets_and_bad_paths_an_error(server: Suite) {
 topgun_tests::topologies!(
     merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one,
     a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_the_root,
+    a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole,
     tombstones_are_delivered_in_leaves,
     missing_nodes_get_empty_buckets_and_bad_paths_an_error
 );
