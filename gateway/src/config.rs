@@ -74,12 +74,12 @@ pub struct GatewayOptions {
     /// Shared token every internal gRPC call carries.
     #[arg(long, env = "TOPGUN_INTERNAL_TOKEN", hide_env_values = true)]
     pub internal_token: Option<String>,
-    /// Most changed records pushed ahead of the Merkle root to a reconnecting client
-    /// (`TOPGUN_SYNC_DELTA_PUSH_LIMIT`, default 20000; 0 turns the push off).
+    /// Most changed records pushed ahead of the Merkle root to a reconnecting client (0 turns
+    /// the push off).
     #[arg(long, env = "TOPGUN_SYNC_DELTA_PUSH_LIMIT", default_value_t = 20_000)]
     pub sync_delta_push_limit: u32,
-    /// How far the sync shards' clocks may lag this gateway's; the delta push looks back
-    /// this much further (`TOPGUN_SYNC_DELTA_SKEW_MS`, default 0: one host or one clock).
+    /// How far the sync shards' clocks may lag this gateway's, in ms: the delta push looks
+    /// back this much further (0 suits one host or synchronised clocks).
     #[arg(long, env = "TOPGUN_SYNC_DELTA_SKEW_MS", default_value_t = 0)]
     pub sync_delta_skew_ms: u64,
 }
@@ -101,6 +101,9 @@ impl GatewayOptions {
         }
         if self.sync_delta_push_limit > 100_000 {
             return Err("TOPGUN_SYNC_DELTA_PUSH_LIMIT must be at most 100000".into());
+        }
+        if self.sync_delta_skew_ms > 600_000 {
+            return Err("TOPGUN_SYNC_DELTA_SKEW_MS must be at most 600000 (10 minutes)".into());
         }
         Ok(())
     }
@@ -179,5 +182,33 @@ mod tests {
             vec!["http://a:1", "http://b:2"]
         );
         assert!(parse_addr_list("").is_empty());
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gateway: GatewayOptions,
+    }
+
+    fn parse(args: &[&str]) -> GatewayOptions {
+        use clap::Parser;
+        let argv = std::iter::once("gateway").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("parses").gateway
+    }
+
+    #[test]
+    fn delta_push_settings_default_on_and_are_bounded() {
+        let defaults = parse(&[]);
+        assert_eq!(defaults.sync_delta_push_limit, 20_000);
+        assert_eq!(defaults.sync_delta_skew_ms, 0);
+        assert!(defaults.validate().is_ok());
+        let err = parse(&["--sync-delta-push-limit", "100001"])
+            .validate()
+            .expect_err("over the cap");
+        assert!(err.contains("TOPGUN_SYNC_DELTA_PUSH_LIMIT"), "{err}");
+        let err = parse(&["--sync-delta-skew-ms", "600001"])
+            .validate()
+            .expect_err("over the cap");
+        assert!(err.contains("TOPGUN_SYNC_DELTA_SKEW_MS"), "{err}");
     }
 }

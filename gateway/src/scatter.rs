@@ -6,7 +6,7 @@ use crate::error::GatewayError;
 use crate::state::Gateway;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use topgun_proto::grpc::common::{self as pbc, KeyState, MapKind};
 use topgun_proto::grpc::sync::{
     ChangedSinceRequest, GetRecordsRequest, MerkleNodeRequest, RunQueryRequest, ScanMapRequest,
@@ -207,26 +207,27 @@ pub async fn get_records(
     Ok(out)
 }
 
+/// How long the optional delta push may hold up a SYNC_INIT answer.
+const CHANGED_SINCE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The LWW records of a map changed at or after server millis `since` on every shard,
-/// or `None` when some shard cannot tell exactly or more than `limit` changed in all.
+/// or `None` when some shard cannot tell exactly, fails, or is slow, or when more than
+/// `limit` changed in all. The answer is optional, so a failure here neither fails the
+/// request nor counts against the shard's reachability.
 pub async fn changed_since(
     gw: &Arc<Gateway>,
     map: &str,
     since: u64,
     limit: u32,
-) -> Result<Option<Vec<KeyState>>, GatewayError> {
-    let timeout_ms = gw.operation_timeout_ms();
+) -> Option<Vec<KeyState>> {
     let calls = gw.sync.shards().into_iter().map(|shard| {
-        let req = gw.sync.request(ChangedSinceRequest {
+        let mut req = gw.sync.request(ChangedSinceRequest {
             map_name: map.to_string(),
             since_millis: since,
             limit,
         });
-        async move {
-            let result = shard.client().changed_since(req).await;
-            shard.mark(result.is_ok());
-            result
-        }
+        req.set_timeout(CHANGED_SINCE_TIMEOUT);
+        async move { shard.client().changed_since(req).await }
     });
     let started = Instant::now();
     let results = futures::future::join_all(calls).await;
@@ -236,18 +237,22 @@ pub async fn changed_since(
         .observe(started.elapsed().as_secs_f64());
     let mut records = Vec::new();
     for result in results {
-        let answer = result
-            .map_err(|s| GatewayError::from_status(&s, timeout_ms))?
-            .into_inner();
+        let answer = match result {
+            Ok(answer) => answer.into_inner(),
+            Err(status) => {
+                tracing::debug!(map, code = ?status.code(), message = status.message(), "no delta push");
+                return None;
+            }
+        };
         if !answer.complete {
-            return Ok(None);
+            return None;
         }
         records.extend(answer.records);
         if records.len() > limit as usize {
-            return Ok(None);
+            return None;
         }
     }
-    Ok(Some(records))
+    Some(records)
 }
 
 /// Every LWW record of a map with a timestamp strictly greater than `since`.

@@ -148,13 +148,18 @@ impl ChangeFeed {
         since: u64,
         limit: usize,
     ) -> Option<BTreeSet<String>> {
-        let ring = self.ring.lock();
-        if since <= ring.complete_after {
-            return None;
-        }
-        let start = ring.stamps.partition_point(|&stamp| stamp < since);
+        // Only the range is copied under the lock (reference counts), so writers wait
+        // for a memcpy-sized moment, not for the filtering.
+        let events: Vec<Arc<pb::ChangeEvent>> = {
+            let ring = self.ring.lock();
+            if since <= ring.complete_after {
+                return None;
+            }
+            let start = ring.stamps.partition_point(|&stamp| stamp < since);
+            ring.events.range(start..).cloned().collect()
+        };
         let mut keys = BTreeSet::new();
-        for event in ring.events.range(start..) {
+        for event in &events {
             let lww = event.event_type == pb::EventType::Put as i32
                 || event.event_type == pb::EventType::Remove as i32;
             if lww && event.map_name == map_name && !keys.contains(&event.key) {

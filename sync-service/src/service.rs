@@ -136,9 +136,14 @@ impl SyncService for SyncGrpc {
         &self,
         request: Request<pb::ChangedSinceRequest>,
     ) -> Result<Response<pb::ChangedSinceResponse>, Status> {
-        let (_permit, _) = self.admit(&request)?;
+        let (_permit, budget) = self.admit(&request)?;
         let req = ChangedSince::try_from(request.into_inner())?;
-        Ok(Response::new(self.shard.changed_since(&req)))
+        let answer = within(
+            budget,
+            self.blocking(move |shard| shard.changed_since(&req)),
+        )
+        .await?;
+        Ok(Response::new(answer))
     }
 
     async fn merkle_node(

@@ -23,6 +23,7 @@ use crate::shutdown::stopped;
 use crate::state::{RowId, ShardState};
 use crate::topics::TopicRelay;
 use parking_lot::{Mutex, RwLock};
+use prost::Message as _;
 use std::cmp::Ordering;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -36,6 +37,9 @@ use topgun_proto::partition::partition_of;
 use topgun_proto::predicate::QueryPlan;
 use topgun_proto::wire::{self, LwwRecord};
 
+/// Largest ChangedSince answer: a delta bigger than this is left to the Merkle walk,
+/// which moves it in leaf-sized messages (and gRPC answers stay under their 16 MiB cap).
+pub const CHANGED_SINCE_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// Most records one ScanMap page examines (with a `since` filter most may be skipped),
 /// bounding how long a page holds the read lock.
 const SCAN_MAX_EXAMINED: usize = 100_000;
@@ -347,27 +351,43 @@ impl Shard {
 
     /// The current records of the LWW keys changed at or after `since_millis` (see
     /// [`ChangeFeed::lww_keys_changed_since`]); keys this shard no longer owns or holds
-    /// are left out. Incomplete when the feed cannot tell or too many keys changed.
+    /// are left out. Incomplete when the feed cannot tell, too many keys changed, or
+    /// the records would exceed [`CHANGED_SINCE_MAX_BYTES`]. Reads the ring and the
+    /// state: call it from a blocking task.
     pub fn changed_since(&self, req: &ChangedSince) -> pb::ChangedSinceResponse {
+        let incomplete = pb::ChangedSinceResponse {
+            complete: false,
+            records: Vec::new(),
+        };
         let Some(keys) =
             self.feed
                 .lww_keys_changed_since(&req.map_name, req.since_millis, req.limit)
         else {
-            return pb::ChangedSinceResponse {
-                complete: false,
-                records: Vec::new(),
-            };
+            return incomplete;
         };
         let state = self.state.read();
         let owned = self.ownership();
-        let records = match state.lww(&req.map_name) {
-            Some(map) => keys
-                .iter()
-                .filter(|key| owned.partitions.contains(partition_of(key)))
-                .filter_map(|key| map.get(key).map(|record| lww_key_state(key, record)))
-                .collect(),
-            None => Vec::new(),
+        let Some(map) = state.lww(&req.map_name) else {
+            return pb::ChangedSinceResponse {
+                complete: true,
+                records: Vec::new(),
+            };
         };
+        let mut records = Vec::with_capacity(keys.len());
+        let mut bytes = 0;
+        for key in keys
+            .iter()
+            .filter(|key| owned.partitions.contains(partition_of(key)))
+        {
+            if let Some(record) = map.get(key) {
+                let state = lww_key_state(key, record);
+                bytes += state.encoded_len();
+                if bytes > CHANGED_SINCE_MAX_BYTES {
+                    return incomplete;
+                }
+                records.push(state);
+            }
+        }
         pb::ChangedSinceResponse {
             complete: true,
             records,
@@ -627,6 +647,10 @@ impl Shard {
             let mut state = self.state.write();
             let mut hlc = self.hlc.lock();
             fold_loaded(&mut state, &mut hlc, loaded);
+            if !gained.is_empty() {
+                // Their changes until now happened elsewhere: this feed cannot list them.
+                self.feed.mark_gap(hlc.now().millis);
+            }
             if let Some(p) = &self.persistence {
                 p.restrict_to(&state, &mut hlc, &partitions);
             }
@@ -1045,6 +1069,36 @@ mod tests {
             changed(&shard, wall_clock_ms() - 60_000, 10),
             None,
             "before the shard started"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_gaining_partitions_changed_since_cannot_answer_for_the_time_before() {
+        // "user-1" is partition 120; "a" is owned throughout.
+        let shard = Arc::new(shard(Some("0-110")));
+        let a_partition = partition_of("a");
+        assert!(a_partition <= 110, "a is in partition {a_partition}");
+        let t = wall_clock_ms() + 60_000;
+        apply(&shard, vec![put("a", Value::from(1), t)])
+            .await
+            .expect("ok");
+        assert!(changed(&shard, t, 10).is_some());
+        shard
+            .set_partitions(PartitionSet::parse("0-130").expect("valid"), 1)
+            .await
+            .expect("ok");
+        assert_eq!(
+            changed(&shard, t, 10),
+            None,
+            "changes to the gained partitions before the switch were made elsewhere"
+        );
+        let later = shard.now().millis + 1;
+        apply(&shard, vec![put("user-1", Value::from(2), later)])
+            .await
+            .expect("owned now");
+        assert_eq!(
+            changed(&shard, later, 10),
+            Some(vec![("user-1".into(), Value::from(2))])
         );
     }
 

@@ -79,8 +79,9 @@ pub struct ConnectionConfig {
     pub ws_write_buffer_size: usize,
     /// WebSocket write buffer hard cap. tungstenite refuses a message that does not fit
     /// next to what is buffered, and the connection ends, so this must exceed the largest
-    /// message the gateway sends (leaf chunks, delta pushes, query pages: up to 16 MiB).
-    /// It bounds memory only for messages that large; queues bound the rest.
+    /// message the gateway sends. Leaf chunks and query pages are bounded by record
+    /// counts, not bytes, so it matches the inbound message limit's default. The buffer
+    /// only grows that far for such a message, but keeps its capacity afterwards.
     pub ws_max_write_buffer_size: usize,
     /// Largest inbound WebSocket message.
     pub max_message_size: usize,

@@ -19,12 +19,13 @@ use topgun_proto::wire::{
 /// missed deletions and must reset (core.md §4.6, §6.7).
 pub const GC_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
-/// Largest number of records in one leaf message, keeping frames well under 16 MiB.
+/// Largest number of records in one leaf message: ≈360 KB of small records. Messages
+/// are split by count, not bytes, so records of several KiB make larger frames.
 const LEAF_CHUNK: usize = 2_000;
 
-/// Largest BATCH the delta push may build; a bigger delta is left to the Merkle walk
-/// (outgoing messages stay under 16 MiB, core.md §1.7).
-const DELTA_PUSH_MAX_BYTES: usize = 12 * 1024 * 1024;
+/// Largest BATCH the delta push may build; a bigger delta is left to the Merkle walk,
+/// which moves it in leaf-sized messages a slow link can take one at a time.
+const DELTA_PUSH_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// SYNC_INIT: the GC-age check, then the root. A client that synced before
 /// (`lastSyncTimestamp` > 0) first gets the records changed since then, as
@@ -82,23 +83,18 @@ async fn delta_push(s: &Session, map: &str, last: u64) -> Vec<LeafRecord> {
         return Vec::new();
     }
     let since = last.saturating_sub(skew).max(1);
-    match scatter::changed_since(&s.gw, map, since, limit).await {
-        Ok(Some(states)) => states
-            .into_iter()
-            .filter_map(|state| {
-                let record = LwwRecord::try_from(state.lww?).ok()?;
-                Some(LeafRecord {
-                    key: state.key,
-                    record,
-                })
+    scatter::changed_since(&s.gw, map, since, limit)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|state| {
+            let record = LwwRecord::try_from(state.lww?).ok()?;
+            Some(LeafRecord {
+                key: state.key,
+                record,
             })
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(err) => {
-            tracing::debug!(map, error = %err, "delta push skipped");
-            Vec::new()
-        }
-    }
+        })
+        .collect()
 }
 
 /// One BATCH holding `records` as SYNC_RESP_LEAF messages followed by `root`, or None

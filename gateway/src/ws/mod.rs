@@ -109,6 +109,16 @@ async fn run(gw: Arc<Gateway>, socket: WebSocket, host: String) {
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
 }
 
+/// Slowest link a client may have and still receive large frames (≈1 Mbit/s).
+const MIN_CLIENT_BYTES_PER_SEC: u64 = 128 * 1024;
+
+/// How long writing a frame of `len` bytes may take: the send timeout, plus the frame's
+/// transfer time on the slowest link we serve, so a big frame (a delta push, a query
+/// page) does not disconnect a slow but reading client.
+fn write_deadline(send_timeout: Duration, len: usize) -> Duration {
+    send_timeout + Duration::from_millis(len as u64 * 1000 / MIN_CLIENT_BYTES_PER_SEC)
+}
+
 fn is_capacity_error(err: &axum::Error) -> bool {
     let text = err.to_string();
     text.contains("Space limit exceeded")
@@ -132,8 +142,8 @@ async fn write_loop(
         match out {
             Outbound::Frame(bytes) => {
                 let len = bytes.len();
-                match tokio::time::timeout(send_timeout, sink.send(WsMessage::Binary(bytes))).await
-                {
+                let limit = write_deadline(send_timeout, len);
+                match tokio::time::timeout(limit, sink.send(WsMessage::Binary(bytes))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => {
                         tracing::debug!(bytes = len, error = %err, "websocket write failed");
@@ -158,4 +168,19 @@ async fn write_loop(
         }
     }
     let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_frames_get_their_transfer_time_on_a_slow_link() {
+        let base = Duration::from_secs(5);
+        assert_eq!(write_deadline(base, 100), base);
+        assert_eq!(
+            write_deadline(base, 4 * 1024 * 1024),
+            base + Duration::from_secs(32)
+        );
+    }
 }

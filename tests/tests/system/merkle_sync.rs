@@ -252,6 +252,39 @@ async fn a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole(server: 
     again.ping().await;
 }
 
+async fn a_client_last_synced_before_the_server_started_gets_the_bare_root_and_walks(
+    server: Suite,
+) {
+    let map = map_name("older");
+    let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
+    writer
+        .send(&batch(vec![put(
+            "1",
+            &map,
+            "k",
+            json!(1),
+            1_700_000_000_000,
+            "w",
+        )]))
+        .await;
+    writer.recv_type("OP_ACK").await;
+    let hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+        - 3_600_000;
+    let mut c = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
+    c.send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": hour_ago}))
+        .await;
+    let reply = c.recv().await;
+    assert_eq!(
+        reply["type"], "SYNC_RESP_ROOT",
+        "the feed cannot tell what changed before the server started: {reply}"
+    );
+    let got = merkle_walk(&mut c, &map, &ClientTree::default()).await;
+    assert_eq!(got.len(), 1, "the walk still delivers everything");
+}
+
 async fn tombstones_are_delivered_in_leaves(server: Suite) {
     let map = map_name("tomb");
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
@@ -279,6 +312,7 @@ topgun_tests::topologies!(
     merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one,
     a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_the_root,
     a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole,
+    a_client_last_synced_before_the_server_started_gets_the_bare_root_and_walks,
     tombstones_are_delivered_in_leaves,
     missing_nodes_get_empty_buckets_and_bad_paths_an_error
 );
