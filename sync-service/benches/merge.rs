@@ -1,4 +1,4 @@
-//! Merge throughput of LWW puts and Merkle update cost, measured once.
+//! Merge throughput of LWW puts, Merkle update cost and the GC sweep's pause, measured once.
 //!
 //! Run: `cargo bench -p topgun-sync --bench merge -j 2` (release profile).
 
@@ -130,10 +130,49 @@ fn bench_merkle() {
     black_box(tree.root_hash());
 }
 
+/// One GC sweep over a map of `GC_RECORDS` live records without TTL plus `GC_TOMBSTONES`
+/// fresh tombstones: nothing to collect, so the time is the sweep's cost (a pause of every
+/// write to the shard, which it holds the state lock for).
+fn bench_gc_sweep() {
+    const GC_RECORDS: usize = 1_000_000;
+    const GC_TOMBSTONES: usize = 1_000;
+    let mut state = ShardState::new();
+    let mut hlc = Hlc::new("sync-0");
+    let mut changes = Vec::new();
+    for i in 0..GC_RECORDS + GC_TOMBSTONES {
+        let op = Op {
+            op_id: String::new(),
+            map_name: "gc".into(),
+            key: HashedKey::new(format!("key-{i}")),
+            kind: OpKind::LwwPut(LwwRecord {
+                value: if i < GC_RECORDS { value(i) } else { Value::Nil },
+                timestamp: Timestamp::new(1_700_000_000_000 + i as u64, 0, "client-1"),
+                ttl_ms: None,
+            }),
+        };
+        state.apply(&mut hlc, &op, &mut changes);
+        changes.clear();
+    }
+    let now = 1_700_000_000_000 + GC_RECORDS as u64;
+    let rounds = 5;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let outcome = topgun_sync::gc::sweep(&mut state, &mut hlc, now, 86_400_000, "sync-0");
+        assert_eq!(outcome.pruned + outcome.expired, 0);
+    }
+    let per_sweep = start.elapsed() / rounds;
+    println!(
+        "{:<48} {:>12.3} ms per sweep",
+        format!("GC sweep, {GC_RECORDS} records, nothing due"),
+        per_sweep.as_secs_f64() * 1000.0
+    );
+}
+
 fn main() {
     let ops = ops();
     println!("{OPS} ops over {KEYS} keys, batches of {BATCH}");
     bench_state_merge(&ops);
     bench_shard_batches(&ops);
     bench_merkle();
+    bench_gc_sweep();
 }
