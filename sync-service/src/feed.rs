@@ -18,6 +18,7 @@ use crate::shutdown::stopped;
 use crate::state::{Change, ChangeKind};
 use futures::Stream;
 use parking_lot::Mutex;
+use prost::Message as _;
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use topgun_proto::hlc::wall_clock_ms;
 /// Most events examined per read, so a catching-up subscriber holds the ring lock
 /// only briefly and sends moderately sized batches.
 const MAX_EVENTS_PER_BATCH: usize = 512;
+/// Encoded bytes of events per batch (a batch always holds at least one event), so
+/// batches of large records stay far below the gRPC message cap.
+const MAX_BYTES_PER_BATCH: usize = 4 * 1024 * 1024;
 
 /// The shard's change feed.
 #[derive(Debug)]
@@ -46,6 +50,8 @@ struct Ring {
     events: VecDeque<Arc<pb::ChangeEvent>>,
     /// Shard clock millis each event of `events` was applied at (non-decreasing).
     stamps: VecDeque<u64>,
+    /// Encoded size of each event of `events`.
+    sizes: VecDeque<usize>,
     /// Every change stamped after this is in the ring: the stamp of the newest evicted
     /// event, the start of the feed, or the last time state changed outside it.
     complete_after: u64,
@@ -80,6 +86,7 @@ impl ChangeFeed {
             ring: Mutex::new(Ring {
                 events: VecDeque::new(),
                 stamps: VecDeque::new(),
+                sizes: VecDeque::new(),
                 complete_after: wall_clock_ms(),
                 next_seq: 1,
             }),
@@ -118,10 +125,12 @@ impl ChangeFeed {
             for mut event in events {
                 event.seq = ring.next_seq;
                 ring.next_seq += 1;
+                ring.sizes.push_back(event.encoded_len());
                 ring.events.push_back(Arc::new(event));
                 ring.stamps.push_back(stamp);
                 if ring.events.len() > self.capacity {
                     ring.events.pop_front();
+                    ring.sizes.pop_front();
                     if let Some(evicted) = ring.stamps.pop_front() {
                         ring.complete_after = ring.complete_after.max(evicted);
                     }
@@ -216,7 +225,8 @@ impl ChangeFeed {
         Ok(futures::stream::unfold(state, Subscription::next))
     }
 
-    /// Events from `cursor` on (at most [`MAX_EVENTS_PER_BATCH`] examined), the ones
+    /// Events from `cursor` on (at most [`MAX_EVENTS_PER_BATCH`] examined, and no more
+    /// than [`MAX_BYTES_PER_BATCH`] of them kept unless it is the first), the ones
     /// passing `filter`, and the cursor after them.
     fn read_from(
         &self,
@@ -229,18 +239,23 @@ impl ChangeFeed {
             return Err(behind(cursor, first));
         }
         let start = (cursor - first) as usize;
-        let examined = ring
-            .events
-            .len()
-            .saturating_sub(start)
-            .min(MAX_EVENTS_PER_BATCH);
-        let events = ring
-            .events
-            .range(start..start + examined)
-            .filter(|e| filter.is_empty() || filter.contains(&e.map_name))
-            .map(|e| (**e).clone())
-            .collect();
-        Ok((events, cursor + examined as u64))
+        let end = ring.events.len().min(start + MAX_EVENTS_PER_BATCH);
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut next = start;
+        while next < end {
+            let event = &ring.events[next];
+            if filter.is_empty() || filter.contains(&event.map_name) {
+                let size = ring.sizes[next];
+                if !events.is_empty() && bytes + size > MAX_BYTES_PER_BATCH {
+                    break;
+                }
+                bytes += size;
+                events.push((**event).clone());
+            }
+            next += 1;
+        }
+        Ok((events, first + next as u64))
     }
 }
 
@@ -575,6 +590,39 @@ mod tests {
         assert_eq!(
             feed.lww_keys_changed_since("a", t + 4, 10).map(|k| k.len()),
             Some(0)
+        );
+    }
+
+    #[tokio::test]
+    async fn batches_of_large_events_stay_under_the_byte_budget() {
+        let feed = Arc::new(ChangeFeed::new(100));
+        let (_stop, shutdown) = watch::channel(false);
+        let big = |key: &str| {
+            let mut c = change("a", key);
+            if let ChangeKind::Lww { record, .. } = &mut c.kind {
+                record.value = Value::from("x".repeat(MAX_BYTES_PER_BATCH / 2 + 1));
+            }
+            c
+        };
+        feed.publish(
+            vec![big("1"), big("2"), big("3"), change("a", "small")],
+            &Origin::default(),
+            0,
+        );
+        let mut stream = Box::pin(feed.subscribe(from(&feed, 1), shutdown).expect("in range"));
+        stream.next().await;
+        let mut sizes = Vec::new();
+        let mut seqs = Vec::new();
+        while seqs.len() < 4 {
+            let batch = stream.next().await.expect("batch").expect("ok");
+            sizes.push(batch.events.iter().map(|e| e.encoded_len()).sum::<usize>());
+            seqs.extend(batch.events.iter().map(|e| e.seq));
+        }
+        assert_eq!(seqs, vec![1, 2, 3, 4], "nothing skipped or repeated");
+        assert!(sizes.len() >= 3, "one large event per batch: {sizes:?}");
+        assert!(
+            sizes.iter().all(|&b| b <= MAX_BYTES_PER_BATCH + 1_000),
+            "{sizes:?}"
         );
     }
 }

@@ -30,6 +30,9 @@ use topgun_proto::trace_context::TraceLayer;
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Gateways send batches of many ops; allow requests larger than tonic's 4 MiB default.
 const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// A change event carries a record and the one it replaced, each up to a request's
+/// size, so answers may be larger than requests.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Storage calls get this long, capped by the operation timeout.
 const STORAGE_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,7 +135,7 @@ async fn serve_inner(
             .with_metrics(Arc::clone(&metrics)),
     )
     .max_decoding_message_size(MAX_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_REQUEST_BYTES);
+    .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let sync = InterceptedService::new(
         sync,
         TokenCheck::new(cfg.internal_token.clone()).interceptor(),

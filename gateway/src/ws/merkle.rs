@@ -5,6 +5,7 @@ use super::session::Session;
 use crate::error::GatewayError;
 use crate::scatter::{self, MerkleAnswer};
 use crate::writes;
+use prost::Message as _;
 use std::collections::HashMap;
 use topgun_proto::grpc::common::{KeyState, MapKind};
 use topgun_proto::hlc::wall_clock_ms;
@@ -19,9 +20,49 @@ use topgun_proto::wire::{
 /// missed deletions and must reset (core.md §4.6, §6.7).
 pub const GC_AGE_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 
-/// Largest number of records in one leaf message: ≈360 KB of small records. Messages
-/// are split by count, not bytes, so records of several KiB make larger frames.
+/// Most records in one leaf message.
 const LEAF_CHUNK: usize = 2_000;
+/// Most bytes of records in one leaf message (a message always holds at least one), so
+/// frames of large records stay far below 16 MiB and a slow link takes one at a time.
+const LEAF_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Splits `items` into leaf messages' worth: at most [`LEAF_CHUNK`] items and, unless a
+/// single item is larger, at most [`LEAF_CHUNK_BYTES`] by `size`.
+fn leaf_chunks<T>(items: Vec<(T, usize)>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for (item, size) in items {
+        if !chunk.is_empty() && (chunk.len() == LEAF_CHUNK || bytes + size > LEAF_CHUNK_BYTES) {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Leaf records of the shards' LWW key states, each with its (protobuf) size.
+fn leaf_records(states: Vec<KeyState>) -> Vec<(LeafRecord, usize)> {
+    states
+        .into_iter()
+        .filter_map(|state| {
+            let size = state.encoded_len();
+            let record = LwwRecord::try_from(state.lww?).ok()?;
+            Some((
+                LeafRecord {
+                    key: state.key,
+                    record,
+                },
+                size,
+            ))
+        })
+        .collect()
+}
 
 /// Largest BATCH the delta push may build; a bigger delta is left to the Merkle walk,
 /// which moves it in leaf-sized messages a slow link can take one at a time.
@@ -74,7 +115,7 @@ pub(super) async fn sync_init(s: &Session, m: SyncInit) {
 /// shards cannot tell exactly (their change feeds no longer reach back that far, they
 /// restarted or loaded data since) or more changed than the push limit: the Merkle walk
 /// then transfers what differs. Missing a change here costs a walk, never correctness.
-async fn delta_push(s: &Session, map: &str, last: u64) -> Vec<LeafRecord> {
+async fn delta_push(s: &Session, map: &str, last: u64) -> Vec<(LeafRecord, usize)> {
     let (limit, skew) = {
         let server = s.gw.server.read();
         (server.delta_push_limit, server.delta_clock_skew_ms)
@@ -83,35 +124,31 @@ async fn delta_push(s: &Session, map: &str, last: u64) -> Vec<LeafRecord> {
         return Vec::new();
     }
     let since = last.saturating_sub(skew).max(1);
-    scatter::changed_since(&s.gw, map, since, limit)
+    let states = scatter::changed_since(&s.gw, map, since, limit)
         .await
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|state| {
-            let record = LwwRecord::try_from(state.lww?).ok()?;
-            Some(LeafRecord {
-                key: state.key,
-                record,
-            })
-        })
-        .collect()
+        .unwrap_or_default();
+    leaf_records(states)
 }
 
 /// One BATCH holding `records` as SYNC_RESP_LEAF messages followed by `root`, or None
 /// when there is nothing to push or it would be too large for one frame.
-fn batch_with_root(map: &str, records: Vec<LeafRecord>, root: &Message) -> Option<Message> {
+fn batch_with_root(
+    map: &str,
+    records: Vec<(LeafRecord, usize)>,
+    root: &Message,
+) -> Option<Message> {
     if records.is_empty() {
         return None;
     }
-    let mut inner: Vec<Vec<u8>> = records
-        .chunks(LEAF_CHUNK)
-        .map(|chunk| {
+    let mut inner: Vec<Vec<u8>> = leaf_chunks(records)
+        .into_iter()
+        .map(|records| {
             wire::encode(&Message::SyncRespLeaf {
                 payload: SyncRespLeafPayload {
                     map_name: map.to_string(),
                     // Not a walk answer; the client does not read the path (§6.4).
                     path: String::new(),
-                    records: chunk.to_vec(),
+                    records,
                 },
             })
         })
@@ -149,18 +186,11 @@ pub(super) async fn lww_bucket(s: &Session, p: MerkleReqBucketPayload) {
             s.send(Message::SyncRespBuckets { payload }).await
         }
         Ok(MerkleAnswer::Leaf(entries)) => {
-            let records: Vec<LeafRecord> = entries
-                .into_iter()
-                .filter_map(|e| {
-                    let record = LwwRecord::try_from(e.lww?).ok()?;
-                    Some(LeafRecord { key: e.key, record })
-                })
-                .collect();
-            for chunk in records.chunks(LEAF_CHUNK) {
+            for records in leaf_chunks(leaf_records(entries)) {
                 let payload = SyncRespLeafPayload {
                     map_name: p.map_name.clone(),
                     path: p.path.clone(),
-                    records: chunk.to_vec(),
+                    records,
                 };
                 s.send(Message::SyncRespLeaf { payload }).await;
             }
@@ -210,12 +240,18 @@ pub(super) async fn or_bucket(s: &Session, p: MerkleReqBucketPayload) {
             s.send(Message::OrMapSyncRespBuckets { payload }).await
         }
         Ok(MerkleAnswer::Leaf(entries)) => {
-            let entries: Vec<OrMapEntry> = entries.into_iter().map(or_entry).collect();
-            for chunk in entries.chunks(LEAF_CHUNK) {
+            let sized = entries
+                .into_iter()
+                .map(|state| {
+                    let size = state.encoded_len();
+                    (or_entry(state), size)
+                })
+                .collect();
+            for entries in leaf_chunks(sized) {
                 let payload = OrMapSyncRespLeafPayload {
                     map_name: p.map_name.clone(),
                     path: p.path.clone(),
-                    entries: chunk.to_vec(),
+                    entries,
                 };
                 s.send(Message::OrMapSyncRespLeaf { payload }).await;
             }
@@ -274,5 +310,24 @@ pub(super) async fn or_push(s: &Session, p: OrMapEntriesPayload) {
     }
     if let Err(err) = writes::apply(&s.gw, ops, &writer).await {
         s.send_error(&err).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_chunks_split_by_count_and_by_bytes_keeping_order() {
+        let small: Vec<(u32, usize)> = (0..4_500).map(|i| (i, 10)).collect();
+        let chunks = leaf_chunks(small);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![2_000, 2_000, 500]
+        );
+        let big = LEAF_CHUNK_BYTES / 2 + 1;
+        let chunks = leaf_chunks(vec![(1, big), (2, big), (3, 5), (4, 3 * LEAF_CHUNK_BYTES)]);
+        assert_eq!(chunks, vec![vec![1], vec![2, 3], vec![4]]);
+        assert!(leaf_chunks(Vec::<(u8, usize)>::new()).is_empty());
     }
 }
