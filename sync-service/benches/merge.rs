@@ -168,6 +168,55 @@ fn bench_gc_sweep() {
     );
 }
 
+/// One GC sweep over an OR-Map of `GC_KEYS` keys with one record each (no TTL) and a
+/// tombstone on every tenth key, none of them old enough to prune.
+fn bench_gc_sweep_or() {
+    const GC_KEYS: usize = 200_000;
+    let mut state = ShardState::new();
+    let mut hlc = Hlc::new("sync-0");
+    let mut changes = Vec::new();
+    for i in 0..GC_KEYS {
+        let key = HashedKey::new(format!("key-{i}"));
+        let stamp = Timestamp::new(1_700_000_000_000 + i as u64, 0, "client-1");
+        let add = Op {
+            op_id: String::new(),
+            map_name: "gc-or".into(),
+            key: key.clone(),
+            kind: OpKind::OrAdd(topgun_proto::wire::OrMapRecord {
+                value: value(i),
+                timestamp: stamp.clone(),
+                tag: stamp.to_string(),
+                ttl_ms: None,
+            }),
+        };
+        state.apply(&mut hlc, &add, &mut changes);
+        if i % 10 == 0 {
+            let removed = Timestamp::new(stamp.millis, 1, "client-1");
+            let remove = Op {
+                op_id: String::new(),
+                map_name: "gc-or".into(),
+                key,
+                kind: OpKind::OrRemove(removed.to_string()),
+            };
+            state.apply(&mut hlc, &remove, &mut changes);
+        }
+        changes.clear();
+    }
+    let now = 1_700_000_000_000 + GC_KEYS as u64;
+    let rounds = 5;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let outcome = topgun_sync::gc::sweep(&mut state, &mut hlc, now, 86_400_000, "sync-0");
+        assert_eq!(outcome.pruned + outcome.expired, 0);
+    }
+    let per_sweep = start.elapsed() / rounds;
+    println!(
+        "{:<48} {:>12.3} ms per sweep",
+        format!("GC sweep, OR-Map of {GC_KEYS} keys, nothing due"),
+        per_sweep.as_secs_f64() * 1000.0
+    );
+}
+
 fn main() {
     let ops = ops();
     println!("{OPS} ops over {KEYS} keys, batches of {BATCH}");
@@ -175,4 +224,5 @@ fn main() {
     bench_shard_batches(&ops);
     bench_merkle();
     bench_gc_sweep();
+    bench_gc_sweep_or();
 }

@@ -3,6 +3,10 @@
 //! Tombstones are kept per key: every op names its key, so a tombstone lives with the
 //! key whose record it removed (or, for an OR_REMOVE of a tag never seen, with the key
 //! the remove named, so a late add of that tag is still ignored). Tags are opaque.
+//!
+//! Keys holding a record with a TTL or a tombstone whose tag parses as a timestamp are
+//! also indexed by when the GC next has work there, so a sweep (which holds the shard's
+//! write lock) visits only keys with something due instead of every key.
 
 use super::partition_counts::PartitionCounts;
 use crate::merkle::tree::leaf_index;
@@ -27,6 +31,35 @@ impl OrKeyState {
     }
 }
 
+/// When the GC next has work at a key.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct KeyDue {
+    /// Earliest millis after which one of its records is expired.
+    expires: Option<u64>,
+    /// Its oldest tombstone tag that parses as a timestamp (only those are pruned).
+    oldest_tombstone: Option<Timestamp>,
+}
+
+impl KeyDue {
+    fn of(state: &OrKeyState) -> KeyDue {
+        KeyDue {
+            expires: state
+                .records
+                .values()
+                .filter_map(|r| match r.ttl_ms {
+                    Some(ttl) if ttl > 0 => Some(r.timestamp.millis.saturating_add(ttl)),
+                    _ => None,
+                })
+                .min(),
+            oldest_tombstone: state
+                .tombstones
+                .iter()
+                .filter_map(|tag| Timestamp::parse(tag))
+                .min(),
+        }
+    }
+}
+
 /// A state change made by [`OrMap::merge_key`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrChange {
@@ -45,6 +78,12 @@ pub struct OrMap {
     /// entry, yet leaf answers must list them so removals reach clients that missed them.
     tombstone_only: HashMap<u16, BTreeSet<String>>,
     partitions: PartitionCounts,
+    /// What is due at each key that has anything due.
+    due: HashMap<String, KeyDue>,
+    /// Keys by their earliest record expiry.
+    expiring: BTreeSet<(u64, String)>,
+    /// Keys by their oldest prunable tombstone.
+    tombstoned: BTreeSet<(Timestamp, String)>,
 }
 
 impl OrMap {
@@ -174,8 +213,9 @@ impl OrMap {
 
     /// `(key, tag)` of every record whose TTL has run out at `now_ms`.
     pub fn expired(&self, now_ms: u64) -> Vec<(String, String)> {
-        self.keys
-            .iter()
+        self.expiring
+            .range(..(now_ms, String::new()))
+            .filter_map(|(_, key)| self.keys.get(key).map(|state| (key, state)))
             .flat_map(|(key, state)| {
                 state
                     .records
@@ -189,19 +229,28 @@ impl OrMap {
     /// Drops tombstone tags that parse as timestamps older than `older_than`
     /// (unparseable tags are kept forever) and returns the keys that changed.
     pub fn prune_tombstones(&mut self, older_than: &Timestamp) -> Vec<String> {
+        let candidates: Vec<String> = self
+            .tombstoned
+            .range(..(older_than.clone(), String::new()))
+            .map(|(_, key)| key.clone())
+            .collect();
         let mut touched = Vec::new();
-        for (key, state) in self.keys.iter_mut() {
+        for key in candidates {
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
             let before = state.tombstones.len();
             state
                 .tombstones
                 .retain(|tag| Timestamp::parse(tag).is_none_or(|ts| ts >= *older_than));
             if state.tombstones.len() != before {
-                touched.push(key.clone());
+                touched.push(key);
             }
         }
         for key in &touched {
             self.refresh(key, topgun_proto::hash::fnv1a(key));
         }
+        touched.sort();
         touched
     }
 
@@ -212,6 +261,7 @@ impl OrMap {
         let doomed = self.partitions.keys_to_drop(self.keys.keys(), dropped);
         for (key, key_hash) in &doomed {
             self.keys.remove(key);
+            self.reindex(key);
             self.tree.remove(*key_hash, key);
             let leaf = leaf_index(*key_hash);
             if let Some(set) = self.tombstone_only.get_mut(&leaf) {
@@ -265,6 +315,33 @@ impl OrMap {
         if self.keys.get(key).is_some_and(OrKeyState::is_empty) {
             self.keys.remove(key);
             self.partitions.removed(key_hash);
+        }
+        self.reindex(key);
+    }
+
+    /// Brings the GC indexes of `key` up to date with its state (or its absence).
+    fn reindex(&mut self, key: &str) {
+        let now = self.keys.get(key).map(KeyDue::of).unwrap_or_default();
+        let before = self.due.get(key).cloned().unwrap_or_default();
+        if now == before {
+            return;
+        }
+        if let Some(at) = before.expires {
+            self.expiring.remove(&(at, key.to_string()));
+        }
+        if let Some(stamp) = before.oldest_tombstone {
+            self.tombstoned.remove(&(stamp, key.to_string()));
+        }
+        if let Some(at) = now.expires {
+            self.expiring.insert((at, key.to_string()));
+        }
+        if let Some(stamp) = &now.oldest_tombstone {
+            self.tombstoned.insert((stamp.clone(), key.to_string()));
+        }
+        if now == KeyDue::default() {
+            self.due.remove(key);
+        } else {
+            self.due.insert(key.to_string(), now);
         }
     }
 }
@@ -407,5 +484,82 @@ mod tests {
         map.apply("k", h, r);
         assert!(map.expired(1_010).is_empty());
         assert_eq!(map.expired(1_011), vec![("k".to_string(), "a".to_string())]);
+    }
+
+    /// The GC selections as a scan of every key computes them.
+    fn expired_by_scan(map: &OrMap, now: u64) -> Vec<(String, String)> {
+        let mut want: Vec<(String, String)> = map
+            .iter()
+            .flat_map(|(key, state)| {
+                state
+                    .records
+                    .values()
+                    .filter(|r| r.is_expired(now))
+                    .map(move |r| (key.clone(), r.tag.clone()))
+            })
+            .collect();
+        want.sort();
+        want
+    }
+
+    fn prunable_by_scan(map: &OrMap, older: &Timestamp) -> Vec<String> {
+        map.iter()
+            .filter(|(_, state)| {
+                state
+                    .tombstones
+                    .iter()
+                    .any(|tag| Timestamp::parse(tag).is_some_and(|ts| ts < *older))
+            })
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// The GC indexes always select exactly what a scan of every key would.
+        #[test]
+        fn gc_indexes_agree_with_a_full_scan(
+            ops in proptest::collection::vec(
+                (0u8..8, 0u8..12, 0u64..50, 0u8..4, 1u64..30),
+                1..80,
+            ),
+            now in 0u64..100,
+            older in 0u64..60,
+        ) {
+            let mut map = OrMap::new();
+            for (k, t, millis, kind, ttl) in ops {
+                let key = format!("k{k}");
+                let hash = fnv1a(&key);
+                // Tags are timestamps (prunable) except a few opaque ones.
+                let tag = if t < 10 { format!("{t}:0:n") } else { format!("opaque-{t}") };
+                match kind {
+                    0 | 1 => {
+                        let mut r = rec(&tag, Value::from(1), millis);
+                        r.ttl_ms = (kind == 1).then_some(ttl);
+                        map.apply(&key, hash, r);
+                    }
+                    2 => {
+                        map.apply_tombstone(&key, hash, &tag);
+                    }
+                    _ => {
+                        map.merge_key(&key, hash, vec![rec(&tag, Value::from(2), millis)], std::slice::from_ref(&tag));
+                    }
+                }
+            }
+            let mut got = map.expired(now);
+            got.sort();
+            proptest::prop_assert_eq!(got, expired_by_scan(&map, now));
+
+            let older = Timestamp::new(older, 0, "n");
+            let want = prunable_by_scan(&map, &older);
+            proptest::prop_assert_eq!(map.prune_tombstones(&older), want);
+            proptest::prop_assert!(prunable_by_scan(&map, &older).is_empty());
+            proptest::prop_assert!(map.prune_tombstones(&older).is_empty());
+
+            map.drop_partitions(|p| p % 2 == 0);
+            let mut got = map.expired(now);
+            got.sort();
+            proptest::prop_assert_eq!(got, expired_by_scan(&map, now));
+            proptest::prop_assert_eq!(map.due.len(), map.iter().filter(|(_, s)| KeyDue::of(s) != KeyDue::default()).count());
+        }
     }
 }
