@@ -15,6 +15,8 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct WsClient {
     stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Inner messages of a BATCH frame not yet handed out.
+    unpacked: std::collections::VecDeque<Value>,
 }
 
 /// What arrived instead of a message.
@@ -82,7 +84,10 @@ impl WsClient {
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-        WsClient { stream }
+        WsClient {
+            stream,
+            unpacked: std::collections::VecDeque::new(),
+        }
     }
 
     /// Connects and authenticates with `token` (expects AUTH_REQUIRED, then AUTH_ACK).
@@ -111,8 +116,26 @@ impl WsClient {
             .expect("send frame");
     }
 
-    /// Next protocol message or close, within `timeout`.
+    /// Next protocol message or close, within `timeout`. The messages of a BATCH frame
+    /// come one by one, as the client handles them (core.md §1.6).
     pub async fn next_within(&mut self, timeout: Duration) -> Received {
+        if let Some(message) = self.unpacked.pop_front() {
+            return Received::Message(message);
+        }
+        match self.next_frame_within(timeout).await {
+            Received::Message(frame) if frame["type"] == "BATCH" => {
+                self.unpacked.extend(unpack_batch(&frame));
+                match self.unpacked.pop_front() {
+                    Some(message) => Received::Message(message),
+                    None => Received::Message(frame),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The next frame as sent (a BATCH stays whole), within `timeout`.
+    pub async fn next_frame_within(&mut self, timeout: Duration) -> Received {
         loop {
             let frame = match tokio::time::timeout(timeout, self.stream.next()).await {
                 Err(_) => return Received::Timeout,
@@ -130,6 +153,18 @@ impl WsClient {
                 }
                 _ => continue,
             }
+        }
+    }
+
+    /// The next frame as sent (a BATCH stays whole); panics on close or timeout.
+    pub async fn recv_frame(&mut self) -> Value {
+        assert!(
+            self.unpacked.is_empty(),
+            "messages of an earlier BATCH are unread"
+        );
+        match self.next_frame_within(RECV_TIMEOUT).await {
+            Received::Message(m) => m,
+            other => panic!("expected a frame, got {other:?}"),
         }
     }
 

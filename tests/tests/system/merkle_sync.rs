@@ -146,7 +146,7 @@ async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_th
     client
         .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": 0}))
         .await;
-    let first = client.recv().await;
+    let first = client.recv_frame().await;
     assert_eq!(first["type"], "SYNC_RESP_ROOT", "{first}");
     assert_eq!(first["payload"]["rootHash"], tree.hash(""));
     let last_sync = first["payload"]["timestamp"]["millis"]
@@ -169,7 +169,7 @@ async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_th
     client
         .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": last_sync}))
         .await;
-    let inner = unpack_batch(&client.recv().await);
+    let inner = unpack_batch(&client.recv_frame().await);
     let (root, leaves) = inner.split_last().expect("messages");
     assert_eq!(root["type"], "SYNC_RESP_ROOT", "{root}");
     let mut pushed = Vec::new();
@@ -205,7 +205,7 @@ async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_th
     client
         .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": again}))
         .await;
-    let reply = client.recv().await;
+    let reply = client.recv_frame().await;
     assert_eq!(reply["type"], "SYNC_RESP_ROOT", "{reply}");
     assert_eq!(reply["payload"]["rootHash"], tree.hash(""));
 }
@@ -241,7 +241,7 @@ async fn a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole(server: 
     again
         .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": last_sync}))
         .await;
-    let inner = unpack_batch(&again.recv().await);
+    let inner = unpack_batch(&again.recv_frame().await);
     let records: usize = inner
         .iter()
         .filter(|m| m["type"] == "SYNC_RESP_LEAF")
@@ -250,6 +250,14 @@ async fn a_delta_push_bigger_than_the_socket_write_buffer_arrives_whole(server: 
     assert_eq!(records, 300);
     assert_eq!(inner.last().expect("root")["type"], "SYNC_RESP_ROOT");
     again.ping().await;
+
+    // Read message by message, as a client does, the root follows the leaves.
+    again
+        .send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": last_sync}))
+        .await;
+    assert_eq!(again.recv().await["type"], "SYNC_RESP_LEAF");
+    let root = again.recv_type("SYNC_RESP_ROOT").await;
+    assert_eq!(root["payload"]["mapName"], map.as_str());
 }
 
 async fn a_client_last_synced_before_the_server_started_gets_the_bare_root_and_walks(
@@ -276,7 +284,7 @@ async fn a_client_last_synced_before_the_server_started_gets_the_bare_root_and_w
     let mut c = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
     c.send(&json!({"type": "SYNC_INIT", "mapName": map, "lastSyncTimestamp": hour_ago}))
         .await;
-    let reply = c.recv().await;
+    let reply = c.recv_frame().await;
     assert_eq!(
         reply["type"], "SYNC_RESP_ROOT",
         "the feed cannot tell what changed before the server started: {reply}"
