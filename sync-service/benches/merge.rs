@@ -130,6 +130,22 @@ fn bench_merkle() {
     black_box(tree.root_hash());
 }
 
+/// Times five GC sweeps at `now` (one day of tombstone TTL) that must find nothing due,
+/// and prints the mean.
+fn time_idle_sweeps(label: &str, state: &mut ShardState, hlc: &mut Hlc, now: u64) {
+    let rounds = 5;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let outcome = topgun_sync::gc::sweep(state, hlc, now, 86_400_000, "sync-0");
+        assert_eq!(outcome.pruned + outcome.expired, 0);
+    }
+    let per_sweep = start.elapsed() / rounds;
+    println!(
+        "{label:<48} {:>12.3} ms per sweep",
+        per_sweep.as_secs_f64() * 1000.0
+    );
+}
+
 /// One GC sweep over a map of `GC_RECORDS` live records without TTL plus `GC_TOMBSTONES`
 /// fresh tombstones: nothing to collect, so the time is the sweep's cost (a pause of every
 /// write to the shard, which it holds the state lock for).
@@ -154,17 +170,11 @@ fn bench_gc_sweep() {
         changes.clear();
     }
     let now = 1_700_000_000_000 + GC_RECORDS as u64;
-    let rounds = 5;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let outcome = topgun_sync::gc::sweep(&mut state, &mut hlc, now, 86_400_000, "sync-0");
-        assert_eq!(outcome.pruned + outcome.expired, 0);
-    }
-    let per_sweep = start.elapsed() / rounds;
-    println!(
-        "{:<48} {:>12.3} ms per sweep",
-        format!("GC sweep, {GC_RECORDS} records, nothing due"),
-        per_sweep.as_secs_f64() * 1000.0
+    time_idle_sweeps(
+        &format!("GC sweep, {GC_RECORDS} records, nothing due"),
+        &mut state,
+        &mut hlc,
+        now,
     );
 }
 
@@ -203,17 +213,11 @@ fn bench_gc_sweep_or() {
         changes.clear();
     }
     let now = 1_700_000_000_000 + GC_KEYS as u64;
-    let rounds = 5;
-    let start = Instant::now();
-    for _ in 0..rounds {
-        let outcome = topgun_sync::gc::sweep(&mut state, &mut hlc, now, 86_400_000, "sync-0");
-        assert_eq!(outcome.pruned + outcome.expired, 0);
-    }
-    let per_sweep = start.elapsed() / rounds;
-    println!(
-        "{:<48} {:>12.3} ms per sweep",
-        format!("GC sweep, OR-Map of {GC_KEYS} keys, nothing due"),
-        per_sweep.as_secs_f64() * 1000.0
+    time_idle_sweeps(
+        &format!("GC sweep, OR-Map of {GC_KEYS} keys, nothing due"),
+        &mut state,
+        &mut hlc,
+        now,
     );
 }
 
