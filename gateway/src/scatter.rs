@@ -32,6 +32,22 @@ pub fn valid_merkle_path(path: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Runs one call per shard concurrently and records the whole fan-out's duration
+/// under the sync service's `method`.
+async fn timed_join_all<F: std::future::Future>(
+    gw: &Gateway,
+    method: &str,
+    calls: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let started = Instant::now();
+    let results = futures::future::join_all(calls).await;
+    gw.metrics
+        .grpc_client_duration
+        .with_label_values(&["sync", method])
+        .observe(started.elapsed().as_secs_f64());
+    results
+}
+
 async fn merkle_nodes(
     gw: &Arc<Gateway>,
     map: &str,
@@ -51,12 +67,7 @@ async fn merkle_nodes(
             result
         }
     });
-    let started = Instant::now();
-    let results = futures::future::join_all(calls).await;
-    gw.metrics
-        .grpc_client_duration
-        .with_label_values(&["sync", "MerkleNode"])
-        .observe(started.elapsed().as_secs_f64());
+    let results = timed_join_all(gw, "MerkleNode", calls).await;
     results
         .into_iter()
         .map(|r| {
@@ -139,12 +150,7 @@ pub async fn run_query(
             result
         }
     });
-    let started = Instant::now();
-    let responses = futures::future::join_all(calls).await;
-    gw.metrics
-        .grpc_client_duration
-        .with_label_values(&["sync", "RunQuery"])
-        .observe(started.elapsed().as_secs_f64());
+    let responses = timed_join_all(gw, "RunQuery", calls).await;
     let mut matched = 0u64;
     let mut rows = Vec::new();
     for response in responses {
@@ -229,12 +235,7 @@ pub async fn changed_since(
         req.set_timeout(CHANGED_SINCE_TIMEOUT);
         async move { shard.client().changed_since(req).await }
     });
-    let started = Instant::now();
-    let results = futures::future::join_all(calls).await;
-    gw.metrics
-        .grpc_client_duration
-        .with_label_values(&["sync", "ChangedSince"])
-        .observe(started.elapsed().as_secs_f64());
+    let results = timed_join_all(gw, "ChangedSince", calls).await;
     let mut records = Vec::new();
     for result in results {
         let answer = match result {

@@ -118,14 +118,21 @@ impl ChangeFeed {
             return;
         }
         let origin = origin.to_proto();
-        let events: Vec<pb::ChangeEvent> =
-            changes.into_iter().map(|c| to_event(c, &origin)).collect();
+        // Sized before the lock; `seq` adds at most a tag and a 10-byte varint.
+        let events: Vec<(pb::ChangeEvent, usize)> = changes
+            .into_iter()
+            .map(|c| {
+                let event = to_event(c, &origin);
+                let size = event.encoded_len() + 11;
+                (event, size)
+            })
+            .collect();
         let last = {
             let mut ring = self.ring.lock();
-            for mut event in events {
+            for (mut event, size) in events {
                 event.seq = ring.next_seq;
                 ring.next_seq += 1;
-                ring.sizes.push_back(event.encoded_len());
+                ring.sizes.push_back(size);
                 ring.events.push_back(Arc::new(event));
                 ring.stamps.push_back(stamp);
                 if ring.events.len() > self.capacity {

@@ -133,13 +133,10 @@ pub async fn sync_once(
     }
     let elapsed = start.elapsed();
     if walk.is_complete() && replica.tree().root() != server_root {
-        failures.add(&Failure::new(
-            FailureKind::SyncMismatch,
-            format!(
-                "local root {} differs from the server root {server_root} after the walk",
-                replica.tree().root()
-            ),
-        ));
+        failures.add(&mismatch(format!(
+            "local root {} differs from the server root {server_root} after the walk",
+            replica.tree().root()
+        )));
     }
     Ok(SyncRun {
         elapsed,
@@ -149,6 +146,11 @@ pub async fn sync_once(
         server_millis,
         failures,
     })
+}
+
+/// A result that contradicts what the server holds or what the scenario changed.
+fn mismatch(what: String) -> Failure {
+    Failure::new(FailureKind::SyncMismatch, what)
 }
 
 fn sync_failure(msg: &ServerMsg) -> Option<Failure> {
@@ -205,14 +207,11 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
     conn.close().await;
     failures.merge(&full.failures);
     if replica.len() as u64 != args.records {
-        failures.add(&Failure::new(
-            FailureKind::SyncMismatch,
-            format!(
-                "fresh client holds {} records, {} were written",
-                replica.len(),
-                args.records
-            ),
-        ));
+        failures.add(&mismatch(format!(
+            "fresh client holds {} records, {} were written",
+            replica.len(),
+            args.records
+        )));
     }
 
     // 2. Change a share of the keys. The pause guarantees the new timestamps are in a later
@@ -239,41 +238,33 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
     failures.merge(&delta.failures);
     if delta.walk.records_pushed > 0 {
         if delta.walk.records_pushed != changed.len() as u64 {
-            failures.add(&Failure::new(
-                FailureKind::SyncMismatch,
-                format!(
-                    "the server pushed {} records, {} keys were changed",
-                    delta.walk.records_pushed,
-                    changed.len()
-                ),
-            ));
+            failures.add(&mismatch(format!(
+                "the server pushed {} records, {} keys were changed",
+                delta.walk.records_pushed,
+                changed.len()
+            )));
         }
         if delta.walk.requests != 0 {
-            failures.add(&Failure::new(
-                FailureKind::SyncMismatch,
-                format!(
-                    "after the push the walk still made {} requests",
-                    delta.walk.requests
-                ),
-            ));
+            failures.add(&mismatch(format!(
+                "after the push the walk still made {} requests",
+                delta.walk.requests
+            )));
         }
     } else if delta.walk.leaves_fetched != touched {
         let extra = delta.walk.leaves_fetched.difference(&touched).count();
         let missed = touched.difference(&delta.walk.leaves_fetched).count();
-        failures.add(&Failure::new(
-            FailureKind::SyncMismatch,
-            format!("delta walk fetched {} leaves, {} hold changed keys ({extra} extra, {missed} missed)", delta.walk.leaves_fetched.len(), touched.len()),
-        ));
+        failures.add(&mismatch(format!(
+            "delta walk fetched {} leaves, {} hold changed keys ({extra} extra, {missed} missed)",
+            delta.walk.leaves_fetched.len(),
+            touched.len()
+        )));
     }
     let delta_changed = delta.walk.records_changed + delta.walk.pushed_changed;
     if delta_changed != changed.len() as u64 {
-        failures.add(&Failure::new(
-            FailureKind::SyncMismatch,
-            format!(
-                "delta sync changed {delta_changed} records, {} keys were changed",
-                changed.len()
-            ),
-        ));
+        failures.add(&mismatch(format!(
+            "delta sync changed {delta_changed} records, {} keys were changed",
+            changed.len()
+        )));
     }
 
     // 4. Nothing changed since: equal roots, no request at all.
@@ -288,13 +279,10 @@ pub async fn run(ctx: &Ctx, args: &InitialSyncArgs) -> Result<Report, BenchError
     conn.close().await;
     failures.merge(&again.failures);
     if again.walk.requests != 0 {
-        failures.add(&Failure::new(
-            FailureKind::SyncMismatch,
-            format!(
-                "an up-to-date client made {} bucket requests",
-                again.walk.requests
-            ),
-        ));
+        failures.add(&mismatch(format!(
+            "an up-to-date client made {} bucket requests",
+            again.walk.requests
+        )));
     }
 
     let mut report = Report::new("initial-sync", &ctx.connect.url);

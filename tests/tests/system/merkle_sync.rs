@@ -49,16 +49,14 @@ pub async fn merkle_walk(
     received
 }
 
-async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one(
-    server: Suite,
-) {
-    let map = map_name("sync");
-    let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
+/// Writes `key-0`..`key-59` = `{"i": i}` at millis `1_700_000_000_000 + i` in one
+/// OP_BATCH and waits for its acknowledgement.
+async fn write_sixty(writer: &mut WsClient, map: &str) {
     let ops: Vec<Value> = (0..60)
         .map(|i| {
             put(
                 &(i + 1).to_string(),
-                &map,
+                map,
                 &format!("key-{i}"),
                 json!({"i": i}),
                 1_700_000_000_000 + i,
@@ -68,6 +66,23 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
         .collect();
     writer.send(&batch(ops)).await;
     assert_eq!(writer.recv_type("OP_ACK").await["payload"]["lastId"], "60");
+}
+
+/// The client tree holding the keys of `range` as [`write_sixty`] wrote them.
+fn tree_of(range: std::ops::Range<u64>) -> ClientTree {
+    let mut tree = ClientTree::default();
+    for i in range {
+        tree.put(&format!("key-{i}"), 1_700_000_000_000 + i, 0, "w");
+    }
+    tree
+}
+
+async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missing_to_a_partial_one(
+    server: Suite,
+) {
+    let map = map_name("sync");
+    let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
+    write_sixty(&mut writer, &map).await;
 
     let mut fresh = WsClient::connect_authed(&server.ws_url(), &token("f")).await;
     let all = merkle_walk(&mut fresh, &map, &ClientTree::default()).await;
@@ -76,10 +91,7 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
     assert_eq!(all["key-7"]["timestamp"]["millis"], 1_700_000_000_007u64);
 
     // A client holding 55 of the 60 records receives only the leaves it lacks.
-    let mut partial_tree = ClientTree::default();
-    for i in 5..60 {
-        partial_tree.put(&format!("key-{i}"), 1_700_000_000_000 + i, 0, "w");
-    }
+    let partial_tree = tree_of(5..60);
     let mut partial = WsClient::connect_authed(&server.ws_url(), &token("p")).await;
     let got = merkle_walk(&mut partial, &map, &partial_tree).await;
     for i in 0..5 {
@@ -92,10 +104,7 @@ async fn merkle_sync_transfers_everything_to_an_empty_client_and_only_the_missin
     assert!(got.len() <= 8, "transferred {} records", got.len());
 
     // A client already in sync gets just the equal root.
-    let mut full_tree = ClientTree::default();
-    for i in 0..60 {
-        full_tree.put(&format!("key-{i}"), 1_700_000_000_000 + i, 0, "w");
-    }
+    let full_tree = tree_of(0..60);
     let mut synced = WsClient::connect_authed(&server.ws_url(), &token("s")).await;
     assert!(merkle_walk(&mut synced, &map, &full_tree).await.is_empty());
 }
@@ -122,24 +131,8 @@ async fn a_reconnecting_client_gets_what_changed_since_its_last_sync_ahead_of_th
 ) {
     let map = map_name("delta");
     let mut writer = WsClient::connect_authed(&server.ws_url(), &token("w")).await;
-    let ops: Vec<Value> = (0..60)
-        .map(|i| {
-            put(
-                &(i + 1).to_string(),
-                &map,
-                &format!("key-{i}"),
-                json!({"i": i}),
-                1_700_000_000_000 + i,
-                "w",
-            )
-        })
-        .collect();
-    writer.send(&batch(ops)).await;
-    writer.recv_type("OP_ACK").await;
-    let mut tree = ClientTree::default();
-    for i in 0..60 {
-        tree.put(&format!("key-{i}"), 1_700_000_000_000 + i, 0, "w");
-    }
+    write_sixty(&mut writer, &map).await;
+    let mut tree = tree_of(0..60);
 
     // A client that never synced gets the bare root, and the time to come back with.
     let mut client = WsClient::connect_authed(&server.ws_url(), &token("c")).await;
