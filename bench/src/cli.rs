@@ -125,6 +125,10 @@ pub struct WriteAckArgs {
     /// Map to write to (default: a fresh one per run).
     #[arg(long)]
     pub map: Option<String>,
+    /// Write a CSV of the run in 100 ms windows (batches answered, worst latency, the
+    /// machine's worst wake-up lag) to this file, to place a latency tail in time.
+    #[arg(long)]
+    pub timeline: Option<PathBuf>,
 }
 
 /// Options of `write-flood`.

@@ -11,10 +11,12 @@ pub mod error;
 pub mod failures;
 pub mod in_flight;
 pub mod latency;
+pub mod machine_noise;
 pub mod merkle;
 pub mod report;
 pub mod rss;
 pub mod scenarios;
+pub mod timeline;
 pub mod token;
 pub mod write_concern;
 

@@ -115,6 +115,7 @@ async fn write_ack_is_all_acknowledged_and_persisted_is_reached() {
         key_space: 50,
         value_bytes: 16,
         map: None,
+        timeline: None,
     };
     let report = scenarios::run(&ctx, &ScenarioArgs::WriteAck(args.clone()), &[server.pid()])
         .await
@@ -127,6 +128,38 @@ async fn write_ack_is_all_acknowledged_and_persisted_is_reached() {
     assert_eq!(report.latencies[0].count as f64, sent / 10.0);
     assert_eq!(report.rss.len(), 1);
     assert!(report.rss[0].rss_kib > 0);
+    assert!(report.metric_value("machine CPU busy").is_some());
+
+    // The timeline accounts for every answered batch, window by window, beside the machine's
+    // wake-up lag.
+    let timeline = std::env::temp_dir().join(format!("wa-timeline-{}.csv", std::process::id()));
+    args.timeline = Some(timeline.clone());
+    let report = scenarios::run(&ctx, &ScenarioArgs::WriteAck(args.clone()), &[])
+        .await
+        .expect("runs");
+    let csv = std::fs::read_to_string(&timeline).expect("timeline written");
+    let _ = std::fs::remove_file(&timeline);
+    let mut rows = csv.lines();
+    assert_eq!(
+        rows.next(),
+        Some("t_ms,answered,worst_latency_ms,worst_wake_lag_ms")
+    );
+    let answered: u64 = rows
+        .map(|r| {
+            r.split(',')
+                .nth(1)
+                .expect("answered column")
+                .parse::<u64>()
+                .expect("a count")
+        })
+        .sum();
+    assert_eq!(answered, report.latencies[0].count);
+    assert_eq!(
+        report.latencies[1].name,
+        "machine: wake-up lag of a 1 ms sleep"
+    );
+    assert!(report.latencies[1].count > 100, "{:?}", report.latencies[1]);
+    args.timeline = None;
 
     args.write_concern = Some(WriteConcern::Persisted);
     args.connections = 2;
@@ -287,6 +320,7 @@ async fn refused_writes_fail_the_scenario_and_are_listed() {
         key_space: 10,
         value_bytes: 500,
         map: None,
+        timeline: None,
     };
     let report = scenarios::run(&ctx, &ScenarioArgs::WriteAck(args), &[])
         .await

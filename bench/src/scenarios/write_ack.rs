@@ -6,8 +6,13 @@ use crate::conn::Conn;
 use crate::error::BenchError;
 use crate::failures::{Failure, FailureKind};
 use crate::in_flight::{InFlight, SentBatch};
+use crate::machine_noise::{CpuTimes, WakeLagProbe};
 use crate::report::Report;
+use crate::timeline::Timeline;
 use std::time::{Duration, Instant};
+
+/// Width of a `--timeline` window and of the wake-up probe's maxima.
+const TIMELINE_WINDOW: Duration = Duration::from_millis(100);
 
 /// Runs the scenario.
 pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
@@ -18,6 +23,13 @@ pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
     }
     let map_name = ctx.map_name(&args.map, "write");
     let conns = ctx.connect_many(args.connections).await?;
+    let cpu_before = CpuTimes::read();
+    // The probe wakes every millisecond, which costs a closed loop on a small machine several
+    // percent of its throughput: it runs only when a timeline is asked for.
+    let probe = args
+        .timeline
+        .as_ref()
+        .and_then(|_| WakeLagProbe::start(TIMELINE_WINDOW).ok());
     let start = Instant::now();
     let deadline = start + ctx.duration;
     let interval = Duration::from_millis(args.interval_ms);
@@ -34,17 +46,24 @@ pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
             deadline,
             offset,
             timeout: ctx.response_timeout,
+            timeline: Timeline::new(start, TIMELINE_WINDOW),
         };
         tasks.push(tokio::spawn(worker.run(conn)));
     }
     let mut totals = WriteTotals::default();
+    let mut timeline = Timeline::new(start, TIMELINE_WINDOW);
     for task in tasks {
-        let t = task
+        let (t, line) = task
             .await
             .map_err(|e| BenchError::Setup(format!("writer task: {e}")))?;
         totals.merge(&t);
+        timeline.merge(&line);
     }
     let elapsed = start.elapsed();
+    let wake_lag = probe.and_then(WakeLagProbe::finish);
+    let cpu = cpu_before
+        .zip(CpuTimes::read())
+        .map(|(before, after)| before.share_until(&after));
 
     let mut report = Report::new("write-ack", &ctx.connect.url);
     report.duration_secs = elapsed.as_secs_f64();
@@ -81,6 +100,24 @@ pub async fn run(ctx: &Ctx, args: &WriteAckArgs) -> Result<Report, BenchError> {
     report
         .latencies
         .push(totals.latency.summary("OP_BATCH → OP_ACK"));
+    // The machine's side of the tail: a stall that delays this 1 ms sleep delays every
+    // process here, the server and this client included.
+    if let Some(seen) = &wake_lag {
+        report
+            .latencies
+            .push(seen.lag.summary("machine: wake-up lag of a 1 ms sleep"));
+    }
+    if let Some(share) = cpu {
+        report
+            .metric("machine CPU busy", share.busy_pct, "%")
+            .metric("machine CPU stolen by the hypervisor", share.steal_pct, "%");
+    }
+    if let Some(path) = &args.timeline {
+        let lag = wake_lag
+            .as_ref()
+            .map_or(&[][..], |w| &w.worst_per_window[..]);
+        timeline.write_csv(path, lag)?;
+    }
     report.set_failures(&totals.failures);
     Ok(report)
 }
@@ -92,10 +129,11 @@ struct Worker {
     deadline: Instant,
     offset: Duration,
     timeout: Duration,
+    timeline: Timeline,
 }
 
 impl Worker {
-    async fn run(mut self, mut conn: Conn) -> WriteTotals {
+    async fn run(mut self, mut conn: Conn) -> (WriteTotals, Timeline) {
         let mut totals = WriteTotals::default();
         let mut tracker = InFlight::new(self.args.write_concern, self.timeout, FAILURE_GRACE);
         let interval = Duration::from_millis(self.args.interval_ms);
@@ -126,12 +164,16 @@ impl Worker {
                     unattributed: Vec::new(),
                     disconnected: Some(e.to_string()),
                 });
-                return totals;
+                return (totals, self.timeline);
             }
             let settled = settle(&mut conn.reader, &mut tracker).await;
+            let answered_at = Instant::now();
+            for o in settled.outcomes.iter().filter(|o| o.succeeded()) {
+                self.timeline.record(answered_at, o.latency);
+            }
             totals.add_settled(&settled);
             if settled.disconnected.is_some() {
-                return totals;
+                return (totals, self.timeline);
             }
             let pause = interval.min(self.deadline.saturating_duration_since(Instant::now()));
             if !pause.is_zero() {
@@ -139,6 +181,6 @@ impl Worker {
             }
         }
         conn.close().await;
-        totals
+        (totals, self.timeline)
     }
 }
