@@ -46,7 +46,7 @@ fn slot(addr: &str) -> Slot {
 }
 
 /// `http://127.0.0.1:1/` and `http://127.0.0.1:1` name the same server.
-fn normalize(addr: &str) -> String {
+pub(crate) fn normalize(addr: &str) -> String {
     addr.trim_end_matches('/').to_ascii_lowercase()
 }
 

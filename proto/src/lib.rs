@@ -18,6 +18,7 @@ pub mod hlc;
 pub mod in_process;
 pub mod internal_auth;
 pub mod internal_tls;
+pub mod local_feed;
 pub mod numbers;
 pub mod partition;
 pub mod predicate;

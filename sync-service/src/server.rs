@@ -130,12 +130,11 @@ async fn serve_inner(
 
     let admission = Admission::new(cfg.max_concurrent_operations, cfg.operation_timeout);
     let in_flight = admission.clone();
-    let sync = SyncServiceServer::new(
-        SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone())
-            .with_metrics(Arc::clone(&metrics)),
-    )
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
-    .max_encoding_message_size(MAX_RESPONSE_BYTES);
+    let grpc = SyncGrpc::new(Arc::clone(&shard), admission, stop_rx.clone())
+        .with_metrics(Arc::clone(&metrics));
+    let sync = SyncServiceServer::new(grpc.clone())
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES);
     let sync = InterceptedService::new(
         sync,
         TokenCheck::new(cfg.internal_token.clone()).interceptor(),
@@ -146,14 +145,18 @@ async fn serve_inner(
     // reach the shard without a socket until the drain starts.
     let mut aliases = in_process_addrs(local_addr);
     aliases.extend(cfg.in_process_aliases.iter().cloned());
-    let mut in_process = Some(topgun_proto::in_process::serve(
-        &aliases,
-        TraceLayer::around(
-            extra
-                .clone()
-                .add_service(health_service.clone())
-                .add_service(sync.clone()),
+    // Followers in this process also read the change feed without encoding its batches.
+    let mut in_process = Some((
+        topgun_proto::in_process::serve(
+            &aliases,
+            TraceLayer::around(
+                extra
+                    .clone()
+                    .add_service(health_service.clone())
+                    .add_service(sync.clone()),
+            ),
         ),
+        topgun_proto::local_feed::serve(&aliases, Arc::new(grpc)),
     ));
     tracing::info!(
         %local_addr,

@@ -18,6 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit};
 use tonic::{Request, Response, Status};
 use topgun_proto::grpc::sync as pb;
 use topgun_proto::grpc::sync::sync_service_server::SyncService;
+use topgun_proto::local_feed::{ChangeBatchStream, LocalChangeFeed};
 use tracing::Instrument;
 
 /// A boxed server stream.
@@ -55,6 +56,31 @@ impl SyncGrpc {
         let permit = self.admission.admit()?;
         self.ensure_ready()?;
         Ok((permit, self.admission.budget(request.metadata())))
+    }
+
+    /// Opens a change-feed subscription: for SubscribeChanges and for followers in this
+    /// process ([`LocalChangeFeed`]), which get the same checks and the same stream.
+    fn open_feed(
+        &self,
+        req: pb::SubscribeChangesRequest,
+    ) -> Result<BoxStream<pb::ChangeBatch>, Status> {
+        // Streams live for hours: they are not counted against the in-flight limit.
+        self.ensure_ready()?;
+        for name in &req.map_names {
+            crate::requests::check_map_name(name)?;
+        }
+        let from = SubscribeFrom {
+            map_names: req.map_names,
+            from_seq: req.from_seq,
+            epoch: req.epoch,
+        };
+        tracing::debug!(
+            from_seq = from.from_seq,
+            maps = from.map_names.len(),
+            "change feed subscription"
+        );
+        let stream = self.shard.feed().subscribe(from, self.shutdown.clone())?;
+        Ok(Box::pin(stream))
     }
 
     fn ensure_ready(&self) -> Result<(), SyncError> {
@@ -161,24 +187,7 @@ impl SyncService for SyncGrpc {
         &self,
         request: Request<pb::SubscribeChangesRequest>,
     ) -> Result<Response<Self::SubscribeChangesStream>, Status> {
-        // Streams live for hours: they are not counted against the in-flight limit.
-        self.ensure_ready()?;
-        let req = request.into_inner();
-        for name in &req.map_names {
-            crate::requests::check_map_name(name)?;
-        }
-        let from = SubscribeFrom {
-            map_names: req.map_names,
-            from_seq: req.from_seq,
-            epoch: req.epoch,
-        };
-        tracing::debug!(
-            from_seq = from.from_seq,
-            maps = from.map_names.len(),
-            "change feed subscription"
-        );
-        let stream = self.shard.feed().subscribe(from, self.shutdown.clone())?;
-        Ok(Response::new(Box::pin(stream)))
+        self.open_feed(request.into_inner()).map(Response::new)
     }
 
     async fn publish_topic(
@@ -243,5 +252,11 @@ impl SyncService for SyncGrpc {
             self.shard.reload_owned_after_settle();
         }
         Ok(Response::new(outcome.into()))
+    }
+}
+
+impl LocalChangeFeed for SyncGrpc {
+    fn subscribe(&self, request: pb::SubscribeChangesRequest) -> Result<ChangeBatchStream, Status> {
+        self.open_feed(request)
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use topgun_proto::grpc::sync::{
     ChangeEvent, EventType, SubscribeChangesRequest, SubscribeTopicsRequest,
 };
+use topgun_proto::local_feed;
 use topgun_proto::wire::{
     self, LwwRecord, Message, OrMapRecord, ServerEventPayload, ServerEventType, TopicMessagePayload,
 };
@@ -55,11 +56,11 @@ async fn consume_changes(gw: Arc<Gateway>, shard: Arc<Shard>, mut stop: watch::R
         };
         let mut client = shard.client();
         let stream = tokio::select! {
-            r = client.subscribe_changes(request) => r,
+            r = local_feed::subscribe(&shard.addr, request, |r| client.subscribe_changes(r)) => r,
             _ = stop.changed() => break,
         };
         let mut stream = match stream {
-            Ok(s) => s.into_inner(),
+            Ok(s) => s,
             Err(status) => {
                 if status.code() == tonic::Code::OutOfRange {
                     // The resume point is gone (shard restarted or we fell too far behind):

@@ -16,6 +16,7 @@ use topgun_proto::grpc::sync::{
     ShardInfoRequest, SubscribeChangesRequest,
 };
 use topgun_proto::hlc::wall_clock_ms;
+use topgun_proto::local_feed;
 
 use super::client::{call, request, SyncClient, CALL_TIMEOUT};
 use super::convert::{key_state_update, lww_update, or_update};
@@ -212,10 +213,16 @@ impl ShardIngest {
             from_seq: position.next_seq,
             epoch: position.epoch.clone(),
         };
-        let opened =
-            tokio::time::timeout(CALL_TIMEOUT, self.client.subscribe_changes(subscribe)).await;
+        let client = &mut self.client;
+        let opened = tokio::time::timeout(
+            CALL_TIMEOUT,
+            local_feed::subscribe(&self.progress.addr, subscribe, |r| {
+                client.subscribe_changes(r)
+            }),
+        )
+        .await;
         let mut stream = match opened {
-            Ok(Ok(response)) => response.into_inner(),
+            Ok(Ok(stream)) => stream,
             Ok(Err(status)) if status.code() == Code::OutOfRange => {
                 return TailEnd::Rescan(status.message().to_string())
             }
