@@ -89,6 +89,21 @@ macro_rules! messages {
         ];
 
         impl Message {
+            /// Decodes a frame of the given `type` straight into its variant's type, without
+            /// the content buffering serde needs for an internally tagged enum (the `type`
+            /// key is then an unknown field, ignored). `None` for the hand-written variants.
+            fn decode_tagged(
+                message_type: &str,
+                bytes: &[u8],
+            ) -> Option<Result<Message, rmp_serde::decode::Error>> {
+                Some(match message_type {
+                    $( $fname => rmp_serde::from_slice::<$fty>(bytes).map(Message::$fvar), )*
+                    $( $pname => rmp_serde::from_slice::<Payload<$pty>>(bytes)
+                        .map(|p| Message::$pvar { payload: p.payload }), )*
+                    _ => return None,
+                })
+            }
+
             /// The message's `type` string.
             pub fn type_name(&self) -> &'static str {
                 match self {
@@ -223,10 +238,36 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     if !matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
         return Err(DecodeError::Malformed("expected a map".into()));
     }
+    // Fast path: the TypeScript client writes `type` first. Anything it cannot decode
+    // takes the general path, so errors and odd frames are handled in one place.
+    if let Some(Some(Ok(message))) =
+        leading_type(bytes).map(|message_type| Message::decode_tagged(message_type, bytes))
+    {
+        return Ok(message);
+    }
     match rmp_serde::from_slice::<Message>(bytes) {
         Ok(message) => Ok(message),
         Err(err) => Err(diagnose(bytes, err)),
     }
+}
+
+/// The body of a payload-wrapped message, read without its `type`.
+#[derive(Deserialize)]
+struct Payload<T> {
+    payload: T,
+}
+
+/// The `type` of a map frame whose first key is `type`.
+fn leading_type(bytes: &[u8]) -> Option<&str> {
+    let mut rest = bytes;
+    rmp::decode::read_map_len(&mut rest).ok()?;
+    let (key, rest) = rmp::decode::read_str_from_slice(rest).ok()?;
+    if key != "type" {
+        return None;
+    }
+    rmp::decode::read_str_from_slice(rest)
+        .ok()
+        .map(|(value, _)| value)
 }
 
 /// Decodes a standalone body (e.g. an HTTP sync request) of type `T`.
@@ -286,6 +327,81 @@ pub fn decode_value(bytes: &[u8]) -> Result<rmpv::Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general path alone: serde's internally tagged enum.
+    fn decode_general(bytes: &[u8]) -> Result<Message, String> {
+        rmp_serde::from_slice::<Message>(bytes).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_fast_path_decodes_every_client_fixture_as_the_general_path_does() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut fast = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().and_then(|e| e.to_str()) != Some("msgpack") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("fixture");
+            let Some(message_type) = leading_type(&bytes) else {
+                continue;
+            };
+            if let Some(Ok(message)) = Message::decode_tagged(message_type, &bytes) {
+                assert_eq!(Ok(&message), decode_general(&bytes).as_ref(), "{path:?}");
+                fast += 1;
+            }
+        }
+        assert!(fast >= 20, "only {fast} fixtures took the fast path");
+    }
+
+    #[test]
+    fn frames_the_fast_path_cannot_take_get_the_general_paths_answer() {
+        let batch = Message::OpBatch {
+            payload: OpBatchPayload {
+                ops: Vec::new(),
+                write_concern: None,
+                timeout: None,
+            },
+        };
+        let bytes = encode(&batch);
+        assert_eq!(leading_type(&bytes), Some("OP_BATCH"));
+        assert_eq!(decode(&bytes), Ok(batch.clone()));
+
+        // `type` not first: decoded by the general path, to the same message.
+        let mut reordered = Vec::new();
+        rmp::encode::write_map_len(&mut reordered, 2).expect("vec write");
+        rmp::encode::write_str(&mut reordered, "payload").expect("vec write");
+        reordered.extend_from_slice(&encode_value_of(&batch, "payload"));
+        rmp::encode::write_str(&mut reordered, "type").expect("vec write");
+        rmp::encode::write_str(&mut reordered, "OP_BATCH").expect("vec write");
+        assert_eq!(leading_type(&reordered), None);
+        assert_eq!(decode(&reordered), Ok(batch));
+
+        // A body that does not fit: the general path's diagnosis.
+        let mut broken = Vec::new();
+        rmp::encode::write_map_len(&mut broken, 2).expect("vec write");
+        rmp::encode::write_str(&mut broken, "type").expect("vec write");
+        rmp::encode::write_str(&mut broken, "OP_BATCH").expect("vec write");
+        rmp::encode::write_str(&mut broken, "payload").expect("vec write");
+        rmp::encode::write_str(&mut broken, "not a payload").expect("vec write");
+        assert!(matches!(
+            decode(&broken),
+            Err(DecodeError::Invalid { message_type, .. }) if message_type == "OP_BATCH"
+        ));
+    }
+
+    /// The MsgPack of one top-level field of `message`.
+    fn encode_value_of(message: &Message, field: &str) -> Vec<u8> {
+        let value = decode_value(&encode(message)).expect("valid msgpack");
+        let inner = value
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some(field)))
+            .map(|(_, v)| v.clone())
+            .expect("field present");
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &inner).expect("vec write");
+        out
+    }
 
     #[test]
     fn absent_optionals_are_not_encoded() {
